@@ -1,0 +1,133 @@
+"""The ``mmtok`` command. Thin: parse arguments, call a pipeline, print or write.
+
+Error policy: ``MmtokError`` -> one line on stderr, exit 2, no traceback; argparse usage errors
+also exit 2; any other exception is a bug -> traceback on stderr, exit 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+
+from . import __version__
+from .errors import MmtokError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _print_json(obj) -> None:
+    sys.stdout.write(json.dumps(obj, indent=None, sort_keys=True, default=str) + "\n")
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .hub import list_models
+
+    models = list_models()
+    if args.json:
+        _print_json({"models": models})
+        return 0
+    if not models:
+        print("no named checkpoints found (looked in $MMTOK_WEIGHTS or weights/)")
+        return 0
+    rows = [("name", "task", "class", "size", "source")]
+    rows += [(m["name"], m["task"], m["class"], f"{m['size_mb']:.1f} MB", m["source"]) for m in models]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train.trainer import train_from_config
+
+    result = train_from_config(
+        args.config, max_steps=args.max_steps, resume=args.resume, out=args.out, export=args.export
+    )
+    if args.json:
+        _print_json(result)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    if args.what == "judge":
+        from .eval.judge import evaluate_judges
+
+        result = evaluate_judges(
+            names=args.model, n=args.n, device=args.device, seed=args.seed, progress=not args.json
+        )
+    else:  # argparse restricts the choices
+        raise MmtokError(f"unknown evaluation {args.what!r}")
+    if args.json:
+        _print_json(result)
+    else:
+        for name, metrics in result.items():
+            print(name)
+            for key, value in metrics.items():
+                print(f"  {key}: {value:.4f}" if isinstance(value, float) else f"  {key}: {value}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mmtok", description="Multimodal generation and grounding on shared tokenizers."
+    )
+    parser.add_argument("--version", action="version", version=f"mmtok {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("models", help="list named checkpoints (task, size, source)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.set_defaults(handler=cmd_models)
+
+    p = sub.add_parser("train", help="train a model from a YAML config")
+    p.add_argument("config", help="YAML config (see configs/)")
+    p.add_argument("--max-steps", type=int, default=None, help="override optim.max_steps")
+    p.add_argument("--resume", default=None, help="checkpoint path, or 'latest' in the run folder")
+    p.add_argument("--out", default=None, help="run folder (default: runs/<name>)")
+    p.add_argument(
+        "--export", default=None, help="export folder for the final EMA model (default: weights/<name>)"
+    )
+    p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    p.set_defaults(handler=cmd_train)
+
+    p = sub.add_parser("eval", help="measure a shipped model")
+    p.add_argument("what", choices=["judge"], help="what to evaluate")
+    p.add_argument("--model", action="append", default=None, help="model name (repeatable; default: all)")
+    p.add_argument("--n", type=int, default=2000, help="held-out samples per test bed")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.set_defaults(handler=cmd_eval)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "handler", None) is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(args.handler(args) or 0)
+    except MmtokError as e:
+        print(f"mmtok: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("mmtok: interrupted", file=sys.stderr)
+        return 130
+    except Exception:  # a bug, not bad input: keep the traceback for the report
+        traceback.print_exc()
+        print("mmtok: internal error (a bug): please report it with the traceback above", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
