@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, ClassVar
 
+import safetensors.torch
 import torch
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
@@ -184,10 +185,15 @@ def load(name: str | os.PathLike, device: str | torch.device | None = None) -> M
     weights = folder / WEIGHTS_NAME
     if not weights.is_file():
         raise CheckpointError(f"{weights} is missing")
+    kwargs = {k: v for k, v in config.items() if not k.startswith("_")}
     try:
-        model = cls.from_pretrained(folder, strict=True, map_location="cpu")
-    except TypeError as e:
+        model = cls(**kwargs)
+    except (TypeError, ValueError) as e:
         raise CheckpointError(f"{folder / CONFIG_NAME} does not match {cls.__name__}: {e}") from e
+    try:
+        # Same file format as PyTorchModelHubMixin.from_pretrained, without its stdout chatter
+        # (which would corrupt `--json` output). strict: every key present, none extra, shapes equal.
+        safetensors.torch.load_model(model, str(weights), strict=True, device="cpu")
     except Exception as e:  # corrupt file, missing/unexpected keys, shape mismatch
         raise CheckpointError(f"{weights} cannot be loaded into {cls.__name__}: {e}") from e
     model = model.float().eval()
