@@ -266,7 +266,6 @@ def evaluate_judges(
 ) -> dict[str, dict[str, float]]:
     """Held-out accuracy of the shipped judges (``mmtok eval judge``)."""
     from .. import hub
-    from ..data import build_dataset
     from ..errors import MmtokError
     from ..runtime import pick_device
 
@@ -277,6 +276,7 @@ def evaluate_judges(
     results: dict[str, dict[str, float]] = {}
     for name in names:
         model = hub.load(name, device=device)
+        from ..data import build_dataset  # after the model: a bad name fails fast, before data work
         beds = JUDGE_EVAL.get(name)
         if beds is None:
             bed = "shapes" if isinstance(model, ShapesJudge) else "digits"
