@@ -148,6 +148,7 @@ def save(
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; a model folder is ordinary, readable data
     try:
         if dtype is not None:
             # Save a cast copy so the caller's model keeps its precision.

@@ -1,0 +1,636 @@
+"""The trainer: one YAML config -> a trained, exported model, on a CPU, a GPU or many (accelerate).
+
+Launch::
+
+    mmtok train configs/judge-digits64.yaml                        # one process (CPU or GPU)
+    torchrun --nproc_per_node 4 -m mmtok train configs/x.yaml       # DDP, one process per device
+    accelerate launch --num_processes 2 -m mmtok train configs/x.yaml
+    mmtok train configs/x.yaml --resume latest                      # continue a killed run exactly
+
+A model family plugs in by implementing ``training_step(batch) -> (loss, logs)`` (and optionally
+``evaluate(dataset, device) -> metrics``). The loop: AdamW (no decay on biases, norms, embeddings),
+linear warm-up + cosine LR, gradient accumulation and clipping, bf16 autocast, EMA (timm
+``ModelEmaV3``), atomic checkpoints with every rank's RNG state, and data order fixed by
+(seed, step) so that a resumed run replays exactly what a straight run would have done.
+
+Run folder (``runs/<name>`` or ``--out``): ``config.yaml`` (resolved config), ``metrics.jsonl``,
+``loss.png``, ``checkpoints/step_<N>.pt``. Export (``weights/<name>`` or ``--export``): the final
+EMA model as bf16 safetensors with a README (command, config, hardware, metrics).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import shlex
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+
+from .. import hub
+from ..errors import CheckpointError, ConfigError
+from ..runtime import pick_device, seed_everything
+from .checkpoint import (
+    checkpoint_path,
+    latest_checkpoint,
+    load_checkpoint,
+    prune_checkpoints,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from .config import Config, load_config, with_max_steps
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+# ----------------------------------------------------------------------------- schedule and optimizer
+
+
+def lr_factor(step: int, *, warmup: int, max_steps: int, schedule: str, min_ratio: float) -> float:
+    """Multiplier of the base LR at optimizer step ``step`` (0-based).
+
+    Linear warm-up reaching 1 at step ``warmup - 1``, then cosine / linear decay towards
+    ``min_ratio`` at ``max_steps``, or constant.
+    """
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, max_steps - warmup))
+    decay = 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else 1 - progress
+    return min_ratio + (1 - min_ratio) * decay
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """nanoGPT's split: decay matrices only; biases, norm gains, embeddings (and whatever the model
+    lists in timm-style ``no_weight_decay()``) are left alone -- decaying them only hurts."""
+    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        plain = p.ndim < 2 or id(p) in embeddings or name in skip
+        (no_decay if plain else decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+# ----------------------------------------------------------------------------- data order
+
+
+class StepSampler(torch.utils.data.Sampler[list[int]]):
+    """Batches of indices fixed by (seed, micro-step), sharded by rank.
+
+    The stream is the concatenation of per-epoch permutations (epoch ``e`` is permuted by a NumPy
+    generator seeded with ``[seed, e]``). Global micro-batch ``m`` covers stream positions
+    ``[m * B * W, (m + 1) * B * W)``; rank ``r`` takes its ``r``-th slice of ``B``, so ranks see
+    disjoint data and a run resumed at micro-step ``m`` starts exactly there without replaying.
+    """
+
+    def __init__(self, size: int, batch_size: int, seed: int, rank: int = 0, world: int = 1, start: int = 0):
+        self.size, self.batch_size, self.seed = size, batch_size, seed
+        self.rank, self.world, self.start = rank, world, start
+        self._epoch, self._perm = -1, np.empty(0, dtype=np.int64)
+
+    def _at(self, position: int) -> int:
+        epoch, offset = divmod(position, self.size)
+        if epoch != self._epoch:
+            self._epoch = epoch
+            self._perm = np.random.default_rng([self.seed, epoch]).permutation(self.size)
+        return int(self._perm[offset])
+
+    def batch(self, micro_step: int) -> list[int]:
+        first = (micro_step * self.world + self.rank) * self.batch_size
+        return [self._at(p) for p in range(first, first + self.batch_size)]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        m = self.start
+        while True:
+            yield self.batch(m)
+            m += 1
+
+
+class _TrainStep(nn.Module):
+    """Routes the wrapper's forward to ``model.training_step`` so DDP (gradient sync) and
+    accelerate's autocast both see the whole step, whatever the model calls inside it."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: dict[str, Any]):
+        return self.model.training_step(batch)
+
+
+# ----------------------------------------------------------------------------- the trainer
+
+
+class Trainer:
+    """Builds everything from a ``Config``; ``fit(resume)`` trains, checkpoints, evaluates, exports."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        out: str | os.PathLike | None = None,
+        export: str | os.PathLike | None = None,
+        command: str | None = None,
+    ):
+        from accelerate import Accelerator
+
+        self.cfg = cfg
+        self.run_dir = Path(out) if out else Path("runs") / cfg.name
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.export_dir = Path(export) if export else hub.weights_dirs()[0] / cfg.name
+        self.command = command or "# trained through the Python API (mmtok.train.Trainer)"
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        self.accelerator = Accelerator(
+            # accelerate runs DDP over gloo on CPUs only when told it is on CPU (cuda > mps > cpu here).
+            cpu=pick_device().type == "cpu",
+            mixed_precision=cfg.train.mixed_precision,
+            gradient_accumulation_steps=cfg.optim.grad_accum,
+        )
+        self.is_main = self.accelerator.is_main_process
+        seed_everything(cfg.train.seed)  # same initial weights on every rank
+        self.model = _build_model(cfg)
+        self.dataset = _build_data(cfg.data, "data")
+        # Built now, not at the first evaluation: a bad eval section must fail before training.
+        self.eval_dataset = _build_data(cfg.eval, "eval") if cfg.eval is not None else None
+
+    # -- public -------------------------------------------------------------------------------
+
+    def fit(self, resume: str | os.PathLike | None = None) -> dict[str, Any]:
+        """Train to ``optim.max_steps`` (from a checkpoint path or "latest" when ``resume``), evaluate,
+        export on rank 0, and return a JSON-able summary."""
+        cfg, acc = self.cfg, self.accelerator
+        state = self._resume_state(resume)
+        if state is not None:
+            try:
+                self.model.load_state_dict(state["model"])
+            except RuntimeError as e:
+                raise CheckpointError(f"{state['_path']}: weights do not match the model: {e}") from e
+        optimizer, scheduler = self._optimizer()
+        wrapped, optimizer = acc.prepare(_TrainStep(self.model), optimizer)
+        ema = self.ema = self._make_ema()  # after prepare: the copy lives where the model now lives
+
+        start, seconds_before = 0, 0.0
+        if state is not None:
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            if ema is not None and state.get("ema") is not None:
+                ema.load_state_dict(state["ema"])
+            start, seconds_before = int(state["step"]), float(state.get("seconds", 0.0))
+            self._restore_rng(state)
+            self._note(f"resumed from {state['_path']} at step {start}")
+        else:
+            seed_everything(cfg.train.seed + acc.process_index)  # independent noise/dropout per rank
+        if self.is_main:
+            self._start_run_dir(start)
+
+        t0 = time.perf_counter()
+        seconds = lambda: seconds_before + time.perf_counter() - t0
+        self.last_loss = float("nan")
+        self._loop(wrapped, optimizer, scheduler, ema, iter(self._loader(start)), start, seconds)
+
+        final, every = cfg.optim.max_steps, cfg.train.ckpt_every
+        if start < final and not (every and final % every == 0):  # the loop has not saved it yet
+            self._save(final, optimizer, scheduler, ema, seconds())
+        best = ema.module if ema is not None else self.model
+        metrics = self._evaluate(best, final) if cfg.eval is not None else {}
+        summary = {
+            "name": cfg.name,
+            "steps": final,
+            "seconds": round(seconds(), 2),
+            "final_loss": self._final_loss(),
+            "eval": metrics,
+            "export": None,
+            "run_dir": str(self.run_dir),
+            "resumed_from": start if state is not None else None,
+            "world_size": acc.num_processes,
+        }
+        if self.is_main:
+            summary["export"] = str(self._export(best, summary))
+            _plot(self.run_dir / "metrics.jsonl", self.run_dir / "loss.png", cfg.name)
+            loss = f"{summary['final_loss']:.4f}" if summary["final_loss"] is not None else "n/a"
+            self._note(f"{final} steps in {summary['seconds']:.0f} s, final loss {loss}; run: {self.run_dir}")
+        acc.wait_for_everyone()
+        return summary
+
+    def _optimizer(self):
+        o = self.cfg.optim
+        groups = param_groups(self.model, o.weight_decay)
+        optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, eps=o.eps)
+        # Stepped by hand once per optimizer step (accelerate's prepared scheduler steps num_processes
+        # times per call). A plain closure, not a callable object: its state_dict holds numbers only.
+        factor = lambda s: lr_factor(
+            s, warmup=o.warmup_steps, max_steps=o.max_steps, schedule=o.schedule, min_ratio=o.min_lr_ratio
+        )
+        return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+    def _loader(self, start: int) -> torch.utils.data.DataLoader:
+        cfg, acc = self.cfg, self.accelerator
+        sampler = StepSampler(
+            len(self.dataset),
+            cfg.data.batch_size,
+            cfg.train.seed,
+            acc.process_index,
+            acc.num_processes,
+            start=start * cfg.optim.grad_accum,
+        )
+        return torch.utils.data.DataLoader(
+            self.dataset,
+            batch_sampler=sampler,
+            num_workers=cfg.data.num_workers,
+            pin_memory=acc.device.type == "cuda",
+            # Its own generator: creating the loader must not draw from the global RNG we restored.
+            generator=torch.Generator().manual_seed(cfg.train.seed),
+        )
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def _loop(self, wrapped, optimizer, scheduler, ema, batches, start, seconds) -> None:
+        from accelerate.utils import send_to_device
+        from tqdm.auto import tqdm
+
+        cfg, acc = self.cfg, self.accelerator
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        clip = cfg.optim.grad_clip or math.inf  # inf: measure the norm, never clip
+        bar = tqdm(
+            total=cfg.optim.max_steps,
+            initial=start,
+            desc=cfg.name,
+            file=sys.stderr,
+            disable=not self.is_main,
+            dynamic_ncols=True,
+        )
+        wrapped.train()
+        for step in range(start + 1, cfg.optim.max_steps + 1):  # `step` = optimizer steps done after it
+            loss_sum, grad_norm, logs = 0.0, torch.zeros(()), {}
+            for _ in range(cfg.optim.grad_accum):
+                batch = send_to_device(next(batches), acc.device)
+                with acc.accumulate(wrapped):
+                    loss, logs = wrapped(batch)
+                    acc.backward(loss)  # accelerate divides by grad_accum
+                    if acc.sync_gradients:
+                        grad_norm = acc.clip_grad_norm_(params, clip)
+                    optimizer.step()  # a no-op until the last micro-step
+                    optimizer.zero_grad(set_to_none=True)
+                loss_sum = loss_sum + loss.detach()
+            scheduler.step()
+            if ema is not None:
+                ema.update(self.model, step=step)
+            bar.update(1)
+
+            if step % cfg.train.log_every == 0 or step == cfg.optim.max_steps:
+                record = self._log_record(step, loss_sum / cfg.optim.grad_accum, grad_norm, logs, seconds())
+                bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
+            every = cfg.eval.every if cfg.eval is not None else 0
+            if every and step % every == 0 and step < cfg.optim.max_steps:  # the last one: in fit()
+                self._evaluate(ema.module if ema is not None else self.model, step)
+                wrapped.train()
+            if cfg.train.ckpt_every and step % cfg.train.ckpt_every == 0:
+                self._save(step, optimizer, scheduler, ema, seconds())
+        bar.close()
+
+    def _log_record(self, step, loss, grad_norm, logs, seconds) -> dict[str, Any]:
+        # One collective for loss and the model's logs: the logged values are the mean over ranks.
+        names = sorted(k for k, v in logs.items() if isinstance(v, int | float | torch.Tensor))
+        values = [loss, grad_norm, *(logs[k] for k in names)]
+        stacked = torch.tensor(
+            [float(v) for v in values], device=self.accelerator.device
+        )  # may live anywhere
+        stacked = self.accelerator.reduce(stacked, "mean").cpu()
+        loss_v, norm_v, *rest = stacked.tolist()
+        self.last_loss = loss_v
+        record = {
+            "kind": "train",
+            "step": step,
+            "loss": loss_v,
+            "lr": self._lr(step - 1),
+            "grad_norm": norm_v,
+            "seconds": round(seconds, 3),
+            **dict(zip(names, rest, strict=True)),
+        }
+        self._write_metrics(record)
+        return record
+
+    def _lr(self, step: int) -> float:
+        o = self.cfg.optim
+        return o.lr * lr_factor(
+            step, warmup=o.warmup_steps, max_steps=o.max_steps, schedule=o.schedule, min_ratio=o.min_lr_ratio
+        )
+
+    # -- pieces -------------------------------------------------------------------------------
+
+    def _make_ema(self):
+        if not self.cfg.ema.enabled:
+            return None
+        from timm.utils.model_ema import ModelEmaV3
+
+        # fp32 EMA copy on the training device, created after accelerate placed the model there.
+        return ModelEmaV3(self.model, decay=self.cfg.ema.decay, use_warmup=self.cfg.ema.warmup)
+
+    def _resume_state(self, resume) -> dict[str, Any] | None:
+        if resume is None:
+            return None
+        if str(resume) == "latest":
+            path = latest_checkpoint(self.ckpt_dir)
+            if path is None:  # diffusers' convention: `--resume latest` on a fresh run just starts it
+                self._note(f"no checkpoint in {self.ckpt_dir}: starting a new run")
+                return None
+        else:
+            path = Path(resume)
+        state = load_checkpoint(path)
+        state["_path"] = str(path)
+        _check_resumable(state, self.cfg)
+        changed = _changed_keys(state["config"], self.cfg.to_dict())
+        if changed:
+            self._note(f"config differs from the checkpoint's in {', '.join(changed)}: not an exact resume")
+        return state
+
+    def _restore_rng(self, state: dict[str, Any]) -> None:
+        rng, acc = state["rng"], self.accelerator
+        saved_world = int(rng["torch"].shape[0])
+        if saved_world == acc.num_processes:
+            set_rng_state({k: v[acc.process_index] for k, v in rng.items()})
+        else:  # a different world size cannot continue each rank's stream; reseed deterministically
+            self._note(f"checkpoint has {saved_world} ranks' RNG states, this run {acc.num_processes}")
+            seed_everything(self.cfg.train.seed + acc.process_index + 1_000_003 * int(state["step"]))
+
+    def _save(self, step: int, optimizer, scheduler, ema, seconds: float) -> None:
+        acc = self.accelerator
+        # Every rank's RNG state, gathered to one tensor per generator ([world, ...]).
+        rng = {
+            k: acc.gather(v.to(acc.device).unsqueeze(0)).cpu() if acc.num_processes > 1 else v.unsqueeze(0)
+            for k, v in rng_state().items()
+        }
+        if self.is_main:
+            state = {
+                "step": step,
+                "seconds": seconds,
+                "model": self.model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "ema": ema.state_dict() if ema is not None else None,
+                "config": self.cfg.to_dict(),
+                "rng": rng,
+                "world_size": acc.num_processes,
+                "mmtok_version": _version(),
+            }
+            save_checkpoint(checkpoint_path(self.ckpt_dir, step), state)
+            prune_checkpoints(self.ckpt_dir, self.cfg.train.keep_last)
+        acc.wait_for_everyone()
+
+    def _evaluate(self, model: nn.Module, step: int) -> dict[str, Any]:
+        """``model.evaluate`` on the eval split, on rank 0 (the others wait at the next collective)."""
+        metrics: dict[str, Any] = {}
+        if self.is_main and hasattr(model, "evaluate"):
+            with torch.no_grad():
+                metrics = dict(model.evaluate(self.eval_dataset, self.accelerator.device))
+            metrics = {k: float(v) if isinstance(v, torch.Tensor) else v for k, v in metrics.items()}
+            self._write_metrics({"kind": "eval", "step": step, **metrics})
+        self.accelerator.wait_for_everyone()
+        return metrics
+
+    def _start_run_dir(self, start: int) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
+        # Keep the log lines up to the resumed step; the rest will be written again, identically.
+        path = self.run_dir / "metrics.jsonl"
+        kept = [r for r in _read_jsonl(path) if r.get("step", 0) <= start] if start else []
+        path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+    def _write_metrics(self, record: dict[str, Any]) -> None:
+        if self.is_main:
+            with open(self.run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def _final_loss(self) -> float | None:
+        if not math.isnan(self.last_loss):
+            return self.last_loss
+        train = [r for r in _read_jsonl(self.run_dir / "metrics.jsonl") if r.get("kind") == "train"]
+        return train[-1]["loss"] if train else None
+
+    def _export(self, model: nn.Module, summary: dict[str, Any]) -> Path:
+        readme = _readme(self, model, summary)
+        dtype = DTYPES[self.cfg.export.dtype]
+        hub.save(model, self.export_dir, readme=readme, metrics=summary["eval"], dtype=dtype)
+        self._note(f"exported {type(model).__name__} to {self.export_dir}")
+        return self.export_dir
+
+    def _note(self, message: str) -> None:
+        if self.is_main:
+            from tqdm.auto import tqdm
+
+            tqdm.write(f"mmtok train: {message}", file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _build_model(cfg: Config) -> nn.Module:
+    cls = hub.model_class(cfg.model.cls)
+    try:
+        return cls(**cfg.model.kwargs)
+    except TypeError as e:  # unknown or missing constructor argument
+        raise ConfigError(f"model.kwargs: {cfg.model.cls} rejects them: {e}") from e
+
+
+def _build_data(sub, section: str):
+    from ..data import build_dataset
+
+    try:
+        dataset = build_dataset(sub.name, split=sub.split, **sub.kwargs)
+    except ConfigError as e:  # the registry's message, located in the config
+        raise ConfigError(f"{section}: {e}") from e
+    except TypeError as e:
+        raise ConfigError(f"{section}.kwargs: dataset {sub.name!r} rejects them: {e}") from e
+    if len(dataset) == 0:
+        raise ConfigError(f"{section}: dataset {sub.name!r} split {sub.split!r} is empty")
+    return dataset
+
+
+def _check_resumable(state: dict[str, Any], cfg: Config) -> None:
+    path, saved = state["_path"], state["config"].get("model", {})
+    if saved != cfg.to_dict()["model"]:
+        raise CheckpointError(
+            f"{path}: it was trained with model {saved}, the config says {cfg.to_dict()['model']}"
+        )
+    if int(state["step"]) > cfg.optim.max_steps:
+        raise CheckpointError(
+            f"{path}: checkpoint is at step {state['step']}, beyond max_steps {cfg.optim.max_steps}"
+        )
+
+
+def _changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two config dicts."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = sorted(set(old) | set(new))
+        return [k for key in keys for k in _changed_keys(old.get(key), new.get(key), f"{prefix}{key}.")]
+    return [] if old == new else [prefix.rstrip(".")]
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    records = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:  # the half-written last line of a killed run
+            continue
+    return records
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
+def _hardware(acc) -> str:
+    if acc.device.type == "cuda":
+        name = torch.cuda.get_device_name(acc.device)
+    else:
+        name = platform.processor() or platform.machine()
+        try:
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+        except OSError:
+            pass
+        name = f"CPU {name}, {torch.get_num_threads()} threads/process"
+    return f"{acc.num_processes} x {name} (torch {torch.__version__})"
+
+
+def _readme(trainer: Trainer, model: nn.Module, summary: dict[str, Any]) -> str:
+    cfg, acc = trainer.cfg, trainer.accelerator
+    doc = (type(model).__doc__ or "").strip().splitlines()
+    what = doc[0] if doc else type(model).__name__
+    n_params = sum(p.numel() for p in model.parameters())
+    global_batch = cfg.data.batch_size * acc.num_processes * cfg.optim.grad_accum
+    lines = [
+        f"# {cfg.name}",
+        "",
+        f"`{type(model).__name__}` ({getattr(model, 'task', 'model')}): {what}",
+        f"{n_params:,} parameters, stored as {cfg.export.dtype} safetensors"
+        + (" (EMA weights)." if cfg.ema.enabled else "."),
+        "Load it with `mmtok.load(<this folder or its name>)`.",
+        "",
+        "## How it was made",
+        "",
+        "```bash",
+        trainer.command,
+        "```",
+        "",
+        f"- data: `{cfg.data.name}` split `{cfg.data.split}` ({len(trainer.dataset)} items), "
+        f"global batch {global_batch}",
+        f"- steps: {summary['steps']} optimizer steps in {summary['seconds']:.0f} s"
+        + (f" (resumed at step {summary['resumed_from']}, exactly)" if summary["resumed_from"] else ""),
+        f"- hardware: {_hardware(acc)}, mixed precision {cfg.train.mixed_precision}",
+        f"- final training loss: {summary['final_loss']:.4f}"
+        if summary["final_loss"] is not None
+        else "- final training loss: n/a",
+        f"- mmtok {_version()}",
+        "",
+        "## Metrics",
+        "",
+    ]
+    if summary["eval"]:
+        lines += [f"On `{cfg.eval.name}` split `{cfg.eval.split}`:", "", "| metric | value |", "|---|---|"]
+        for key, value in summary["eval"].items():
+            lines.append(f"| {key} | {value:.4f} |" if isinstance(value, float) else f"| {key} | {value} |")
+    else:
+        lines.append("No held-out evaluation was configured.")
+    config = yaml.safe_dump(cfg.to_dict(), sort_keys=False).rstrip()
+    lines += ["", "## Config", "", "```yaml", config, "```", ""]
+    return "\n".join(lines)
+
+
+def _plot(metrics: Path, png: Path, title: str) -> None:
+    """Loss (and LR) against step; eval metrics as points on a second panel when there are any."""
+    # A bare Figure renders with Agg without pyplot: headless, and the caller's backend is untouched.
+    from matplotlib.figure import Figure
+
+    records = _read_jsonl(metrics)
+    train = [r for r in records if r.get("kind") == "train"]
+    evals = [r for r in records if r.get("kind") == "eval"]
+    fig = Figure(figsize=(10 if evals else 6, 4))
+    axes = fig.subplots(1, 2 if evals else 1, squeeze=False)
+    ax = axes[0, 0]
+    ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    losses = [r["loss"] for r in train]
+    if losses and min(losses) > 0 and max(losses) / min(losses) > 20:  # log only when it spans decades
+        ax.set_yscale("log")
+    lr = ax.twinx()
+    lr.plot([r["step"] for r in train], [r["lr"] for r in train], color="tab:orange", alpha=0.5)
+    lr.set_ylabel("learning rate", color="tab:orange")
+    if evals:
+        keys = [k for k, v in evals[-1].items() if k not in ("kind", "step") and isinstance(v, float)]
+        for key in keys:
+            axes[0, 1].plot([r["step"] for r in evals], [r.get(key) for r in evals], "o-", label=key)
+        axes[0, 1].set_xlabel("step")
+        axes[0, 1].set_title("eval")
+        axes[0, 1].legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    tmp = png.with_name(f".{png.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    os.replace(tmp, png)
+
+
+def _command(config_path, max_steps, out, export) -> str:
+    """The command line that reproduces this run (resume flags dropped: resuming is exact)."""
+    args = ["mmtok", "train", str(config_path)]
+    args += ["--max-steps", str(max_steps)] if max_steps is not None else []
+    args += ["--out", str(out)] if out is not None else []
+    args += ["--export", str(export)] if export is not None else []
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+        args = ["torchrun", "--nproc_per_node", str(local), "-m", *args]
+    return shlex.join(args)
+
+
+def train_from_config(
+    config_path: str | os.PathLike,
+    *,
+    max_steps: int | None = None,
+    resume: str | os.PathLike | None = None,
+    out: str | os.PathLike | None = None,
+    export: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """Train from a YAML config (``mmtok train``); returns a JSON-able summary."""
+    cfg = with_max_steps(load_config(config_path), max_steps)
+    threads = torch.get_num_threads()
+    trainer = Trainer(cfg, out=out, export=export, command=_command(config_path, max_steps, out, export))
+    try:
+        return trainer.fit(resume=resume)
+    finally:
+        _release(trainer.accelerator, threads)
+
+
+def _release(accelerator, threads: int) -> None:
+    """Leave the process as we found it for a next run in the same process (tests, notebooks):
+    accelerate keeps its state in process-wide singletons and would refuse another mixed precision."""
+    torch.set_num_threads(threads)
+    if accelerator.num_processes == 1:  # a distributed process group lives as long as the process
+        from accelerate.state import AcceleratorState, GradientState
+
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
