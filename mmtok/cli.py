@@ -59,7 +59,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from .eval.judge import evaluate_judges
 
         result = evaluate_judges(
-            names=args.model, n=args.n, device=args.device, seed=args.seed, progress=not args.json
+            names=args.model,
+            n=args.n,
+            device=args.device,
+            seed=args.seed,
+            progress=not args.json,
+            write=args.write,
         )
     else:  # argparse restricts the choices
         raise MmtokError(f"unknown evaluation {args.what!r}")
@@ -104,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=2000, help="held-out samples per test bed")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--write", action="store_true", help="record the figures in the model's card")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.set_defaults(handler=cmd_eval)
     return parser

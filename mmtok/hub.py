@@ -230,3 +230,35 @@ def list_models() -> list[dict[str, Any]]:
                 "metrics": metrics,
             }
     return list(seen.values())
+
+
+def record_metrics(name: str | os.PathLike, metrics: dict[str, Any], command: str, title: str) -> Path:
+    """Merge measured ``metrics`` into a model folder's ``metrics.json`` and (re)write a README section
+    ``## <title>`` holding the command that measured them, so the card always shows the latest figures."""
+    folder = resolve(name)
+    file = folder / METRICS_NAME
+    merged = json.loads(file.read_text()) if file.is_file() else {}
+    merged.update(metrics)
+    _write_atomic(file, json.dumps(merged, indent=2, sort_keys=True) + "\n")
+    readme = folder / "README.md"
+    text = readme.read_text() if readme.is_file() else f"# {folder.name}\n"
+    rows = "\n".join(
+        f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()
+    )
+    section = (
+        f"## {title}\n\nMeasured by:\n\n```bash\n{command}\n```\n\n| metric | value |\n|---|---|\n{rows}\n"
+    )
+    start = text.find(f"## {title}\n")
+    if start >= 0:  # replace the old section up to the next heading of the same level
+        end = text.find("\n## ", start + 1)
+        text = text[:start] + section + (text[end:] if end >= 0 else "")
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    _write_atomic(readme, text)
+    return folder
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

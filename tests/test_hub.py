@@ -92,3 +92,16 @@ def test_unknown_class(tmp_path):
     cfg_file.write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="NoSuchModel"):
         mmtok.load(tmp_path / "m")
+
+
+def test_record_metrics_updates_card_in_place(tmp_path):
+    from mmtok.hub import record_metrics
+
+    mmtok.save(_tiny(), tmp_path / "m", metrics={"a": 0.5}, readme="# m\n\n## Other\n\ntext\n")
+    record_metrics(tmp_path / "m", {"b": 0.25, "n": 10}, "mmtok eval x", title="Held-out evaluation")
+    record_metrics(tmp_path / "m", {"b": 0.75}, "mmtok eval y", title="Held-out evaluation")
+    metrics = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    assert metrics == {"a": 0.5, "b": 0.75, "n": 10}
+    readme = (tmp_path / "m" / "README.md").read_text()
+    assert readme.count("## Held-out evaluation") == 1 and "## Other" in readme
+    assert "mmtok eval y" in readme and "0.7500" in readme and "mmtok eval x" not in readme

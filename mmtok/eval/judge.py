@@ -262,9 +262,15 @@ JUDGE_EVAL = {
 
 
 def evaluate_judges(
-    names: list[str] | None = None, n: int = 2000, device: str = "cpu", seed: int = 0, progress: bool = True
+    names: list[str] | None = None,
+    n: int = 2000,
+    device: str = "cpu",
+    seed: int = 0,
+    progress: bool = True,
+    write: bool = False,
 ) -> dict[str, dict[str, float]]:
-    """Held-out accuracy of the shipped judges (``mmtok eval judge``)."""
+    """Held-out accuracy of the shipped judges (``mmtok eval judge``); ``write`` records the figures in
+    each judge's ``metrics.json`` and README."""
     from .. import hub
     from ..errors import MmtokError
     from ..runtime import pick_device
@@ -277,6 +283,7 @@ def evaluate_judges(
     for name in names:
         model = hub.load(name, device=device)
         from ..data import build_dataset  # after the model: a bad name fails fast, before data work
+
         beds = JUDGE_EVAL.get(name)
         if beds is None:
             bed = "shapes" if isinstance(model, ShapesJudge) else "digits"
@@ -292,4 +299,7 @@ def evaluate_judges(
             for key, value in model.evaluate(dataset, device=device).items():
                 metrics[f"{data_name}_{split}/{key}"] = value
         results[name] = metrics
+        if write:
+            command = f"mmtok eval judge --model {name} --n {n} --seed {seed} --json"
+            hub.record_metrics(name, metrics, command, title="Held-out evaluation")
     return results

@@ -1,0 +1,82 @@
+import json
+
+import pytest
+import torch
+
+import mmtok
+from mmtok.data import build_dataset
+from mmtok.errors import InputError
+from mmtok.eval.judge import DigitsJudge, ShapesJudge
+from mmtok.hub import weights_dirs
+
+
+def _shipped(name):
+    return any((root / name / "model.safetensors").is_file() for root in weights_dirs())
+
+
+def test_shapes_judge_outputs_and_consistent_predictions():
+    torch.manual_seed(0)
+    judge = ShapesJudge(widths=(8, 16), hidden=16, resolution=32).eval()
+    images = torch.rand(3, 3, 64, 64) * 2 - 1  # other sizes are resized to the judge's resolution
+    out = judge(images)
+    assert (
+        out["shape"].shape == (3, 9, 9)
+        and out["colour"].shape == (3, 9, 9)
+        and out["size"].shape == (3, 9, 3)
+    )
+    pred = judge.predict(images)
+    empty = pred["shape"] == 0
+    # An empty slot has no colour or size; an occupied one always has both.
+    assert (pred["colour"][empty] == 0).all() and (pred["size"][empty] == 0).all()
+    assert (pred["colour"][~empty] > 0).all() and (pred["size"][~empty] > 0).all()
+    assert judge.features(images).shape == (3, 9 * 16)
+    with pytest.raises(InputError):
+        judge(torch.zeros(3, 64, 64))
+
+
+def test_judges_are_batch_independent():
+    """GroupNorm, no batch statistics: a verdict never depends on the rest of the batch."""
+    torch.manual_seed(0)
+    judge = DigitsJudge(widths=(8, 16), resolution=32).eval()
+    images = torch.rand(4, 3, 32, 32) * 2 - 1
+    torch.testing.assert_close(judge(images)[:1], judge(images[:1]))
+
+
+def test_training_step_learns_digits():
+    torch.manual_seed(0)
+    judge = DigitsJudge(widths=(16, 32), resolution=32, dropout=0.0)
+    data = build_dataset("digits", "train", resolution=32)
+    batch = torch.utils.data.default_collate([data[i] for i in range(64)])
+    opt = torch.optim.AdamW(judge.parameters(), lr=3e-3)
+    judge.eval()
+    with torch.no_grad():
+        before = judge.training_step(batch)[0].item()
+    judge.train()
+    for _ in range(40):
+        loss, logs = judge.training_step(batch)  # augmented: random warps + noise
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    judge.eval()
+    with torch.no_grad():
+        after, logs = judge.training_step(batch)  # eval mode: no augmentation
+    assert after.item() < 0.6 * before and logs["accuracy"] >= 0.5  # chance is 0.1
+
+
+@pytest.mark.skipif(not _shipped("judge-shapes64"), reason="judge-shapes64 not trained yet")
+def test_shipped_shapes_judge_accuracy():
+    judge = mmtok.load("judge-shapes64")
+    for split in ("test", "heldout"):
+        metrics = judge.evaluate(build_dataset("shapes", split, size=300, seed=123))
+        assert metrics["colour_acc"] >= 0.99 and metrics["shape_acc"] >= 0.99 and metrics["size_acc"] >= 0.99
+        assert metrics["scene_exact"] >= 0.97, (split, metrics)
+
+
+@pytest.mark.skipif(not _shipped("judge-digits64"), reason="judge-digits64 not trained yet")
+def test_shipped_digits_judge_accuracy_and_cli(capsys):
+    from mmtok.cli import main
+
+    assert main(["eval", "judge", "--model", "judge-digits64", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["judge-digits64"]["digits_test/accuracy"] >= 0.97
+    assert result["judge-digits64"]["digits_test/n"] == 355
