@@ -54,13 +54,47 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tokenize(args: argparse.Namespace) -> int:
+    from .tokenizers.pipeline import TokenizePipeline
+
+    pipe = TokenizePipeline(args.model, device=args.device)
+    results = pipe.run_files(args.images, out=args.out)
+    if args.json:
+        _print_json({"model": args.model, "images": results})
+        return 0
+    for r in results:
+        shape = "x".join(map(str, r["token_shape"]))
+        print(f"{r['file']}: PSNR {r['psnr']:.2f} dB  SSIM {r['ssim']:.4f}  tokens {shape}", end="")
+        print(f"  -> {r['reconstruction']}" if "reconstruction" in r else "")
+        if "codes" in r:
+            for row in r["codes"]:
+                print("   " + " ".join(f"{c:5d}" for c in row))
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
-    if args.what == "judge":
+    if args.what == "tokenizer":
+        from .eval.tokenizer import evaluate_tokenizer
+
+        if not args.model or len(args.model) != 1:
+            raise MmtokError("eval tokenizer needs exactly one --model (e.g. --model kl-f8-64)")
+        name = args.model[0]
+        result = {
+            name: evaluate_tokenizer(
+                name,
+                n=args.n or 512,
+                device=args.device,
+                seed=args.seed,
+                progress=not args.json,
+                write=args.write,
+            )
+        }
+    elif args.what == "judge":
         from .eval.judge import evaluate_judges
 
         result = evaluate_judges(
             names=args.model,
-            n=args.n,
+            n=args.n or 2000,
             device=args.device,
             seed=args.seed,
             progress=not args.json,
@@ -103,10 +137,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     p.set_defaults(handler=cmd_train)
 
+    p = sub.add_parser("tokenize", help="reconstruct images through an image tokenizer (PSNR/SSIM, codes)")
+    p.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...); sides cropped to multiples of f")
+    p.add_argument("--model", required=True, help="tokenizer name or folder (see `mmtok models`)")
+    p.add_argument("--out", default=None, help="folder for <name>.recon.png (and <name>.codes.png)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.set_defaults(handler=cmd_tokenize)
+
     p = sub.add_parser("eval", help="measure a shipped model")
-    p.add_argument("what", choices=["judge"], help="what to evaluate")
+    p.add_argument("what", choices=["judge", "tokenizer"], help="what to evaluate")
     p.add_argument("--model", action="append", default=None, help="model name (repeatable; default: all)")
-    p.add_argument("--n", type=int, default=2000, help="held-out samples per test bed")
+    p.add_argument(
+        "--n", type=int, default=None, help="held-out samples per test bed (judge 2000, tokenizer 512)"
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--write", action="store_true", help="record the figures in the model's card")

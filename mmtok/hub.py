@@ -34,7 +34,7 @@ WEIGHTS_NAME = "model.safetensors"
 METRICS_NAME = "metrics.json"
 
 # Modules that define registered model classes; imported on first lookup so `import mmtok` stays light.
-_MODEL_MODULES = ("mmtok.eval.judge",)
+_MODEL_MODULES = ("mmtok.eval.judge", "mmtok.tokenizers.image_kl", "mmtok.tokenizers.image_binary")
 _REGISTRY: dict[str, type[MmtokModel]] = {}
 
 
@@ -114,7 +114,7 @@ def resolve(name: str | os.PathLike) -> Path:
         from huggingface_hub import snapshot_download  # only here, only when online
 
         try:
-            return Path(snapshot_download(text))
+            return Path(snapshot_download(text))  # reached only when HF_HUB_OFFLINE is unset
         except Exception as e:  # network or hub error -> one line
             raise MmtokError(f"could not fetch {text!r} from the Hugging Face Hub: {e}") from e
     known = ", ".join(m["name"] for m in list_models()) or "none"

@@ -18,6 +18,7 @@ from torch.utils.data import Dataset
 
 from ..errors import ConfigError, InputError
 from .digits import DigitsDataset
+from .mixture import MixtureDataset
 from .photos import PhotosDataset
 from .shapes import Scene, SceneObject, ShapesDataset
 
@@ -25,6 +26,7 @@ DATASETS: dict[str, type[Dataset]] = {
     "shapes": ShapesDataset,
     "digits": DigitsDataset,
     "photos": PhotosDataset,
+    "mixture": MixtureDataset,
 }
 
 
@@ -67,6 +69,7 @@ def from_uint8(array) -> torch.Tensor:
 __all__ = [
     "DATASETS",
     "DigitsDataset",
+    "MixtureDataset",
     "PhotosDataset",
     "Scene",
     "SceneObject",

@@ -1,0 +1,71 @@
+"""Reading user image files safely: validated by content, never by name.
+
+Every failure is one ``InputError`` line naming the file: missing, empty, not an image, truncated, or
+absurdly large (decompression bombs are refused before the pixels are decoded).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import InputError
+
+MAX_SIDE = 8192  # refuse larger images before decoding them: a 64 MP image is already 192 MB of RGB
+MAX_FILE_BYTES = 64 * 2**20
+
+
+def read_image(path: str | os.PathLike, max_side: int = MAX_SIDE) -> torch.Tensor:
+    """Image file -> float32 RGB tensor 3 x H x W in [-1, 1] (alpha dropped, grey replicated)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    size = path.stat().st_size
+    if size == 0:
+        raise InputError(f"{path}: empty file (0 bytes)")
+    if size > MAX_FILE_BYTES:
+        raise InputError(
+            f"{path}: file of {size / 2**20:.0f} MB is over the {MAX_FILE_BYTES // 2**20} MB limit"
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                # The header is read first: refuse absurd sizes before any pixel is decoded.
+                if max(image.size) > max_side:
+                    raise InputError(
+                        f"{path}: {image.size[0]}x{image.size[1]} image exceeds {max_side} pixels a side"
+                    )
+                image.load()  # decodes everything: a truncated file fails here
+                rgb = image.convert("RGB")
+    except InputError:
+        raise
+    except UnidentifiedImageError as e:
+        raise InputError(f"{path}: not an image file (PNG, JPEG, BMP, TIFF, WebP, ...)") from e
+    except (
+        OSError,
+        SyntaxError,
+        ValueError,
+        Image.DecompressionBombError,
+        Image.DecompressionBombWarning,
+    ) as e:
+        raise InputError(f"{path}: unreadable or truncated image ({e})") from e
+    pixels = torch.from_numpy(np.asarray(rgb, dtype=np.uint8).copy()).permute(2, 0, 1).float()
+    return pixels / 127.5 - 1.0
+
+
+def write_png(image: torch.Tensor, path: str | os.PathLike) -> Path:
+    """[-1, 1] float 3 x H x W tensor -> lossless PNG, written atomically (temp file + rename)."""
+    from . import to_uint8
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    Image.fromarray(to_uint8(image)).save(tmp, format="PNG")
+    os.replace(tmp, path)
+    return path

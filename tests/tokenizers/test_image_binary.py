@@ -1,0 +1,130 @@
+import pytest
+import torch
+
+import mmtok
+from mmtok.data import build_dataset
+from mmtok.errors import InputError
+from mmtok.tokenizers.image_binary import (
+    BinaryTokenizer,
+    bits_to_codes,
+    codes_to_bits,
+    merge_codes,
+    split_codes,
+)
+
+
+def _tiny(levels=3, bits=8, **kw):
+    return BinaryTokenizer(bits=bits, block_out_channels=[8, 16, 16, 16][:levels], norm_num_groups=4, **kw)
+
+
+@pytest.mark.parametrize("levels, f", [(3, 4), (4, 8)])
+def test_codes_shape_range_and_decode(levels, f):
+    torch.manual_seed(0)
+    tok = _tiny(levels, bits=10, sub_tokens=2).eval()
+    x = torch.rand(3, 3, 32, 8 * f) * 2 - 1
+    with torch.no_grad():
+        codes = tok.encode(x)
+        assert codes.dtype == torch.long and codes.shape == (3, 32 // f, 8) == (
+            3,
+            *tok.latent_shape((32, 8 * f)),
+        )
+        assert codes.min() >= 0 and codes.max() < 2**10 == tok.vocab_size
+        y = tok.decode(codes)
+        assert y.shape == x.shape and y.abs().max() <= 1
+        # decode accepts the sub-token form; forward is decode(encode(x))
+        torch.testing.assert_close(tok.decode(tok.split_codes(codes)), y)
+        torch.testing.assert_close(tok(x), y)
+
+
+def test_split_merge_and_bits_round_trips():
+    codes = torch.randint(0, 2**16, (2, 8, 8))
+    parts = split_codes(codes, 16, 2)
+    assert parts.shape == (2, 8, 8, 2) and parts.max() < 256
+    # most significant group first
+    torch.testing.assert_close(parts[..., 0], codes >> 8)
+    torch.testing.assert_close(merge_codes(parts, 16), codes)
+    four = split_codes(codes, 16, 4)
+    assert four.max() < 16
+    torch.testing.assert_close(merge_codes(four, 16), codes)
+    bits = codes_to_bits(codes, 16)
+    assert bits.shape == (2, 8, 8, 16) and set(bits.unique().tolist()) <= {0.0, 1.0}
+    torch.testing.assert_close(bits_to_codes(bits), codes)
+    assert codes_to_bits(torch.tensor(5), 4).tolist() == [0, 1, 0, 1]
+    tok = _tiny(bits=12, sub_tokens=3)
+    torch.testing.assert_close(tok.codes_from_bits(tok.bits(codes % 4096)), codes % 4096)
+    torch.testing.assert_close(tok.merge_codes(tok.split_codes(codes % 4096)), codes % 4096)
+    with pytest.raises(InputError):
+        split_codes(codes, 16, 3)
+    with pytest.raises(InputError):
+        merge_codes(torch.full((1, 2), 300), 16)
+
+
+def test_straight_through_gradient_reaches_the_encoder():
+    torch.manual_seed(0)
+    tok = _tiny()
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    for stochastic in (True, False):
+        tok.zero_grad()
+        logits = tok.logits(x)
+        bits = tok.binarize(logits, stochastic=stochastic)
+        assert set(bits.detach().unique().tolist()) <= {0.0, 1.0}  # hard forward
+        tok.decode_bits(bits).sum().backward()
+        grad = tok.encoder.conv_in.weight.grad
+        assert grad is not None and grad.abs().sum() > 0
+
+
+def test_bit_usage_on_known_codes():
+    tok = _tiny(bits=4, sub_tokens=2)
+    # bit 0 (MSB) always 1, bit 3 (LSB) alternating, bits 1-2 always 0
+    codes = torch.tensor([8, 9] * 50).reshape(10, 5, 2)
+    usage = tok.bit_usage(codes)
+    torch.testing.assert_close(usage["mean"], torch.tensor([1.0, 0.0, 0.0, 0.5]))
+    torch.testing.assert_close(usage["entropy"], torch.tensor([0.0, 0.0, 0.0, 1.0]), atol=1e-5, rtol=0)
+    assert usage["dead_bits"] == [0, 1, 2] and usage["positions"] == 100
+    assert usage["mean_entropy"] == pytest.approx(0.25, abs=1e-5)
+    # sub-token 0 is always 0b10, sub-token 1 is 0b00 or 0b01 half the time each
+    assert usage["subtoken_perplexity"] == pytest.approx([1.0, 2.0])
+    with pytest.raises(InputError):
+        tok.bit_usage(torch.tensor([16]))
+
+
+def test_bit_usage_on_a_dataset():
+    tok = _tiny(bits=6).eval()
+    data = build_dataset("shapes", "test", resolution=32, size=10)
+    usage = tok.bit_usage(data, batch_size=4)
+    assert usage["positions"] == 10 * 8 * 8 and usage["mean"].shape == (6,)
+
+
+def test_training_steps_reduce_reconstruction_loss():
+    torch.manual_seed(0)
+    tok = _tiny(bits=8)
+    data = build_dataset("shapes", "train", resolution=32, size=8)
+    batch = torch.utils.data.default_collate([data[i] for i in range(8)])
+    opt = torch.optim.AdamW(tok.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(25):
+        loss, logs = tok.training_step(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(logs["l1"].item())
+        assert {"bit_entropy", "bit_usage", "dead_bits", "psnr"} <= set(logs)
+    assert sum(losses[-3:]) / 3 < 0.6 * losses[0]
+    metrics = tok.evaluate(torch.utils.data.Subset(data, range(8)), "cpu")
+    assert {"psnr", "ssim", "dead_bits", "bit_entropy_mean", "subtoken0_perplexity"} <= set(metrics)
+
+
+def test_bad_inputs_raise_input_error(weights_dir):
+    tok = _tiny(4, bits=8).eval()
+    for x in (torch.zeros(1, 3, 12, 16), torch.zeros(1, 4, 16, 16), torch.full((1, 3, 8, 8), float("inf"))):
+        with pytest.raises(InputError):
+            tok.encode(x)
+    for codes in (torch.full((1, 2, 2), 256), torch.full((1, 2, 2), -1), torch.zeros(1, 2, 2)):
+        with pytest.raises(InputError):
+            tok.decode(codes)
+    with pytest.raises(ValueError):
+        BinaryTokenizer(bits=10, sub_tokens=3)
+    # save / load keeps the behaviour
+    mmtok.hub.save(tok, weights_dir / "bin-tiny")
+    x = torch.rand(1, 3, 16, 16) * 2 - 1
+    torch.testing.assert_close(mmtok.load("bin-tiny").encode(x), tok.encode(x))
