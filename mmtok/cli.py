@@ -72,6 +72,34 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .generation.pipeline import GenerationPipeline
+
+    pipe = GenerationPipeline(args.model, device=args.device)
+    progress = None
+    if not args.json:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=1, desc="generating", unit="entity", leave=False)
+
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+
+    result = pipe(
+        prompt=args.prompt, class_label=args.class_label, n=args.n, seed=args.seed, steps=args.steps,
+        cfg=args.cfg, sampler=args.sampler, progress=progress,
+    )  # fmt: skip
+    manifest = GenerationPipeline.save(result, args.out)
+    if args.json:
+        _print_json(manifest)
+    else:
+        bar.close()
+        print(f"{len(result.images)} images in {result.seconds:.2f} s -> {args.out}/ (manifest.json)")
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     if args.what == "tokenizer":
         from .eval.tokenizer import evaluate_tokenizer
@@ -88,6 +116,24 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 progress=not args.json,
                 write=args.write,
             )
+        }
+    elif args.what == "generation":
+        from .eval.generation import evaluate_generation
+
+        if not args.model or len(args.model) != 1:
+            raise MmtokError("eval generation needs exactly one --model (e.g. --model xar-shapes64)")
+        name = args.model[0]
+        result = {
+            name: evaluate_generation(
+                name,
+                n=args.n or 256,
+                seed=args.seed,
+                steps=args.steps,
+                cfg=args.cfg,
+                device=args.device,
+                progress=not args.json,
+                write=args.write,
+            )  # fmt: skip
         }
     elif args.what == "judge":
         from .eval.judge import evaluate_judges
@@ -108,6 +154,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
         for name, metrics in result.items():
             print(name)
             for key, value in metrics.items():
+                if isinstance(value, dict) and "rate" in value:  # a proportion with its interval
+                    lo, hi = value["ci95"]
+                    value = f"{value['rate']:.4f} (95% CI {lo:.3f}-{hi:.3f}, n={value['n']})"
+                elif isinstance(value, dict):
+                    value = ", ".join(
+                        f"{k} {v['rate']:.3f}" if isinstance(v, dict) and "rate" in v else f"{k} {v}"
+                        for k, v in value.items()
+                    )
                 print(f"  {key}: {value:.4f}" if isinstance(value, float) else f"  {key}: {value}")
     return 0
 
@@ -137,6 +191,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     p.set_defaults(handler=cmd_train)
 
+    p = sub.add_parser("generate", help="generate images from a prompt or a class (writes PNGs + manifest)")
+    p.add_argument("--model", required=True, help="generator name (see `mmtok models`)")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--prompt", help="text prompt (text-conditional models)")
+    what.add_argument("--class", dest="class_label", type=int, help="class index (class-conditional models)")
+    p.add_argument("-n", type=int, default=4, help="number of images (default 4)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=20, help="flow steps per entity (default 20)")
+    p.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale (default 3)")
+    p.add_argument("--sampler", choices=["euler_maruyama", "euler"], default="euler_maruyama")
+    p.add_argument("--out", default="generated", help="output folder (default: generated/)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    p.set_defaults(handler=cmd_generate)
+
     p = sub.add_parser("tokenize", help="reconstruct images through an image tokenizer (PSNR/SSIM, codes)")
     p.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...); sides cropped to multiples of f")
     p.add_argument("--model", required=True, help="tokenizer name or folder (see `mmtok models`)")
@@ -146,13 +215,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_tokenize)
 
     p = sub.add_parser("eval", help="measure a shipped model")
-    p.add_argument("what", choices=["judge", "tokenizer"], help="what to evaluate")
+    p.add_argument("what", choices=["judge", "tokenizer", "generation"], help="what to evaluate")
     p.add_argument("--model", action="append", default=None, help="model name (repeatable; default: all)")
     p.add_argument(
         "--n", type=int, default=None, help="held-out samples per test bed (judge 2000, tokenizer 512)"
     )
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=20, help="generation: flow steps per entity")
+    p.add_argument("--cfg", type=float, default=3.0, help="generation: guidance scale")
     p.add_argument("--write", action="store_true", help="record the figures in the model's card")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.set_defaults(handler=cmd_eval)

@@ -34,7 +34,12 @@ WEIGHTS_NAME = "model.safetensors"
 METRICS_NAME = "metrics.json"
 
 # Modules that define registered model classes; imported on first lookup so `import mmtok` stays light.
-_MODEL_MODULES = ("mmtok.eval.judge", "mmtok.tokenizers.image_kl", "mmtok.tokenizers.image_binary")
+_MODEL_MODULES = (
+    "mmtok.eval.judge",
+    "mmtok.tokenizers.image_kl",
+    "mmtok.tokenizers.image_binary",
+    "mmtok.generation.xar",
+)
 _REGISTRY: dict[str, type[MmtokModel]] = {}
 
 

@@ -78,3 +78,9 @@ __all__ = [
     "from_uint8",
     "to_uint8",
 ]
+
+
+# Last: latents.py builds its source datasets through build_dataset above.
+from .latents import LatentsDataset  # noqa: E402
+
+DATASETS["latents"] = LatentsDataset

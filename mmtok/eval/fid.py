@@ -11,6 +11,12 @@ import torch
 from scipy import linalg
 
 
+def _sqrtm(m: np.ndarray) -> np.ndarray:
+    # Plain call: scipy >= 1.18 dropped the ``disp`` flag (older ones return just the matrix too).
+    out = linalg.sqrtm(m)
+    return out[0] if isinstance(out, tuple) else out
+
+
 def frechet_distance(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> float:
     """``|mu_a - mu_b|^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2))`` for N x D feature matrices."""
     a = np.asarray(a.detach().cpu() if torch.is_tensor(a) else a, dtype=np.float64)
@@ -19,10 +25,10 @@ def frechet_distance(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray)
         raise ValueError(f"need two N x D feature matrices with N >= 2, got {a.shape} and {b.shape}")
     mu_a, mu_b = a.mean(0), b.mean(0)
     cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean, _ = linalg.sqrtm(cov_a @ cov_b, disp=False)
+    covmean = _sqrtm(cov_a @ cov_b)
     if not np.isfinite(covmean).all():
         # Near-singular product (few samples for the dimension): regularise, as the reference FID does.
         eps = np.eye(a.shape[1]) * 1e-6
-        covmean = linalg.sqrtm((cov_a + eps) @ (cov_b + eps))
+        covmean = _sqrtm((cov_a + eps) @ (cov_b + eps))
     covmean = covmean.real
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(covmean))

@@ -3,7 +3,8 @@
 PSNR and SSIM (uint8-rounded pixels, per image, averaged) on held-out shapes (the ``heldout``
 compositions), digits (test split) and photos (test photos and faces); on shapes also judge-FID
 between originals and reconstructions (``judge-shapes64`` per-slot features) and the judge's
-whole-scene accuracy on reconstructions next to its accuracy on the originals.
+accuracy on reconstructions next to its accuracy on the originals: per object (an occupied slot with
+shape, colour and size all right) and per scene (all nine slots right).
 """
 
 from __future__ import annotations
@@ -58,19 +59,29 @@ def evaluate_tokenizer(
     loader = torch.utils.data.DataLoader(
         torch.utils.data.Subset(dataset, range(min(n, len(dataset)))), batch_size=batch_size
     )
-    real_feats, fake_feats, real_ok, fake_ok = [], [], [], []
+    real_feats, fake_feats = [], []
+    # Per occupied slot: all three attributes right (object) and per scene: all nine slots right.
+    hits = {k: {"object": 0, "scene": 0} for k in ("original", "reconstruction")}
+    occupied_total = 0
     for batch in loader:
         images = batch["image"].to(device)
         recon = reconstruct(images)
         # Score what a saved PNG would hold: uint8-rounded pixels.
         recon = to_pixels(recon).float() / 127.5 - 1
-        for feats, oks, x in ((real_feats, real_ok, images), (fake_feats, fake_ok, recon)):
+        occupied = batch["shape"].to(device) > 0
+        occupied_total += int(occupied.sum())
+        for feats, key, x in ((real_feats, "original", images), (fake_feats, "reconstruction", recon)):
             feats.append(scorer.features(x).reshape(len(x) * 9, -1).cpu())
-            oks.append(scorer.score(x, batch)["scene_exact"] * len(x))
+            pred = scorer.predict(x)
+            right = [pred[k] == batch[k].to(device) for k in ("shape", "colour", "size")]
+            slot_ok = torch.stack(right).all(0)
+            hits[key]["object"] += int(slot_ok[occupied].sum())
+            hits[key]["scene"] += int(slot_ok.all(1).sum())
     count = len(loader.dataset)
     metrics["shapes_heldout/judge_fid"] = frechet_distance(torch.cat(real_feats), torch.cat(fake_feats))
-    metrics["shapes_heldout/judge_exact_original"] = sum(real_ok) / count
-    metrics["shapes_heldout/judge_exact_reconstruction"] = sum(fake_ok) / count
+    for key, h in hits.items():
+        metrics[f"shapes_heldout/judge_object_acc_{key}"] = h["object"] / max(1, occupied_total)
+        metrics[f"shapes_heldout/judge_exact_{key}"] = h["scene"] / count
     if write:
         command = f"mmtok eval tokenizer --model {name} --n {n} --seed {seed} --json"
         hub.record_metrics(name, metrics, command, title="Held-out evaluation")

@@ -130,6 +130,7 @@ COUNT = ("an integer >= 0", _where(_integer, lambda x: x >= 0))
 # A folder name under weights/ and runs/: no separators, no leading dot (no "..", no hidden folders).
 NAME = ("a name of letters, digits, '.', '_' or '-'", _where(_string, re.compile(r"\w[\w.-]*").fullmatch))
 STRING = ("a non-empty string", _string)
+OPTIONAL_STRING = ("a non-empty string or null", lambda v: None if v is None else _string(v))
 BOOL = ("true or false", _boolean)
 MAPPING = ("a mapping of names to values", _mapping)
 
@@ -145,6 +146,9 @@ def _one_of(options: tuple[str, ...]) -> tuple[str, Callable[[Any], str]]:
 class ModelConfig:
     cls: str = _spec(*STRING, key="class")  # a registered MmtokModel with training_step()
     kwargs: dict[str, Any] = _spec(*MAPPING, default={})  # constructor arguments -> config.json
+    # Start from these weights (a model name under weights/ or a folder; same class and kwargs):
+    # fine-tuning and multi-stage recipes. Resuming a run uses --resume instead (exact state).
+    init: str | None = _spec(*OPTIONAL_STRING, default=None)
 
 
 @dataclass

@@ -254,7 +254,9 @@ class Trainer:
         return torch.utils.data.DataLoader(
             self.dataset,
             batch_sampler=sampler,
-            num_workers=cfg.data.num_workers,
+            # Items depend only on their index, so the worker count changes speed, never the data: cap
+            # it to the machine (a GPU config asking for 6 workers still runs on a 2-core laptop).
+            num_workers=min(cfg.data.num_workers, max(0, (os.cpu_count() or 1) - 1)),
             pin_memory=acc.device.type == "cuda",
             # Its own generator: creating the loader must not draw from the global RNG we restored.
             generator=torch.Generator().manual_seed(cfg.train.seed),
@@ -445,9 +447,20 @@ class Trainer:
 def _build_model(cfg: Config) -> nn.Module:
     cls = hub.model_class(cfg.model.cls)
     try:
-        return cls(**cfg.model.kwargs)
+        model = cls(**cfg.model.kwargs)
     except TypeError as e:  # unknown or missing constructor argument
         raise ConfigError(f"model.kwargs: {cfg.model.cls} rejects them: {e}") from e
+    if cfg.model.init is not None:
+        source = hub.load(cfg.model.init)
+        if type(source) is not cls:
+            raise ConfigError(
+                f"model.init: {cfg.model.init} holds a {type(source).__name__}, not a {cfg.model.cls}"
+            )
+        try:
+            model.load_state_dict(source.state_dict(), strict=True)
+        except RuntimeError as e:  # same class, other kwargs (shapes differ)
+            raise ConfigError(f"model.init: {cfg.model.init} does not fit model.kwargs: {e}") from e
+    return model
 
 
 def _build_data(sub, section: str):

@@ -159,3 +159,21 @@ def test_resume_after_sigkill_is_bit_identical(write_config, tmp_path, mmtok_cli
     assert all(torch.equal(v, exported[1][k]) for k, v in exported[0].items())
     assert "resumed at step" in (tmp_path / "b-export" / "README.md").read_text()
     assert not [p for p in os.listdir(tmp_path / "b" / "checkpoints") if p.endswith(".tmp")]
+
+
+def test_model_init_starts_a_second_stage_from_exported_weights(write_config, tmp_path, weights_dir):
+    first = write_config("s1", optim={"max_steps": 10}, eval={"every": 0})
+    train_from_config(first, out=tmp_path / "r1", export=tmp_path / "s1")
+    stage1 = mmtok.load(tmp_path / "s1")
+    # Stage 2 at a negligible lr: its bf16 export equals stage 1's weights (init loaded, EMA from it).
+    second = write_config("s2", model={"init": str(tmp_path / "s1")}, optim={"max_steps": 2, "lr": 1.0e-12})
+    train_from_config(second, out=tmp_path / "r2", export=tmp_path / "s2")
+    stage2 = mmtok.load(tmp_path / "s2")
+    for (key, a), b in zip(stage1.state_dict().items(), stage2.state_dict().values(), strict=True):
+        assert torch.equal(a, b), key
+
+    from mmtok.errors import ConfigError
+
+    wrong = write_config("s3", model={"init": str(tmp_path / "s1"), "kwargs": {"widths": [8, 16]}})
+    with pytest.raises(ConfigError, match="model.init"):
+        train_from_config(wrong, out=tmp_path / "r3", export=tmp_path / "s3")

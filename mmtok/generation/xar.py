@@ -1,0 +1,372 @@
+"""xAR: next-X autoregressive image generation with flow matching at every step (arXiv 2502.20388).
+
+The image's latent grid (``KLTokenizer``, e.g. 16 x 8 x 8) is cut into *entities* by
+``mmtok.tokenizers.entities`` -- a token, a k x k cell, a subsample, a scale or the whole image --
+and generated one entity at a time. One transformer does everything: it is the flow-matching
+velocity network of the entity being generated (no separate head), conditioned per entity through
+adaLN on ``condition + that entity's own flow time``, with a block-causal mask (full attention
+inside an entity, causal across entities).
+
+Training (noisy context learning): every entity draws its own time ``t ~ logit-normal``, the whole
+noisy sequence goes through the network at once, and the loss is the velocity MSE on every token:
+the model never sees clean context, which is what makes it robust to its own sampling errors.
+``context="clean"`` is plain teacher forcing instead (clean context tokens as a prefix of the noisy
+ones, with the matching mask), kept to measure exposure bias.
+
+Sampling: entity by entity from noise with Euler or Euler-Maruyama; finished entities enter as clean
+context (``t = 0``) through a KV cache, so each flow step runs only the current entity's tokens.
+Classifier-free guidance runs the conditional and null conditions in one doubled batch, with the
+scale ramped linearly over entities (xAR's schedule) or constant.
+
+Conditioning: a class label (digits) or a text prompt (shapes). Text goes through mmtok's shared
+CLIP BPE ``TextTokenizer`` and a small transformer encoder; image tokens cross-attend to all text
+tokens in every block (a pooled text vector alone does not bind each colour to its shape), and the
+pooled text vector is added to the adaLN condition.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from timm.layers import SwiGLU
+from torch import nn
+
+from ..errors import InputError
+from ..hub import MmtokModel, register_model
+from ..nn.attention import CrossAttention, KVCache, SelfAttention
+from ..nn.flow import SAMPLERS, interpolate, logit_normal_times
+from ..tokenizers.entities import make_entities
+
+CFG_SCHEDULES = ("linear", "constant")
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding of flow times in [0, 1] (scaled by 1000, as DiT/xAR do)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = 1000 * t.float()[..., None] * freqs
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale) + shift
+
+
+class Condition:
+    """A batch's encoded condition: ``vec`` (B x D, goes into adaLN) and, for text, the tokens the
+    image cross-attends to (``tokens`` B x T x D, ``mask`` B x T) with per-block projected K/V."""
+
+    def __init__(self, vec, tokens=None, mask=None):
+        self.vec, self.tokens, self.mask = vec, tokens, mask
+        self.kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def cat(self, other: Condition) -> Condition:
+        tok = None if self.tokens is None else torch.cat([self.tokens, other.tokens])
+        mask = None if self.mask is None else torch.cat([self.mask, other.mask])
+        return Condition(torch.cat([self.vec, other.vec]), tok, mask)
+
+
+class Block(nn.Module):
+    """RMSNorm (no affine) -> self-attention -> [cross-attention to text] -> SwiGLU, each with
+    per-token adaLN shift/scale/gate (zero-initialised gates: every block starts as identity)."""
+
+    def __init__(self, dim: int, heads: int, layer: int, cross: bool, mlp_ratio: float):
+        super().__init__()
+        self.norm = nn.RMSNorm(dim, elementwise_affine=False)
+        self.attn = SelfAttention(dim, heads, layer)
+        self.cross = CrossAttention(dim, heads) if cross else None
+        self.mlp = SwiGLU(dim, int(dim * mlp_ratio))
+        self.parts = 3 if cross else 2
+        self.ada = nn.Linear(dim, 3 * self.parts * dim)
+        nn.init.zeros_(self.ada.weight)
+        nn.init.zeros_(self.ada.bias)
+
+    def forward(self, x, c, token_entity, mask, cache, cond: Condition, layer: int):
+        mods = self.ada(c)[:, token_entity].chunk(3 * self.parts, dim=-1)  # per-entity -> per-token
+        x = x + mods[2] * self.attn(_modulate(self.norm(x), mods[0], mods[1]), mask, cache)
+        if self.cross is not None:
+            if layer not in cond.kv:  # the condition is fixed while sampling: project it once
+                cond.kv[layer] = self.cross.project_kv(cond.tokens)
+            h = _modulate(self.norm(x), mods[3], mods[4])
+            x = x + mods[5] * self.cross(h, cond.kv[layer], cond.mask)
+        return x + mods[-1] * self.mlp(_modulate(self.norm(x), mods[-3], mods[-2]))
+
+
+@register_model
+class XAR(MmtokModel):
+    """xAR next-X flow-matching generator over KL-tokenizer latents (text- or class-conditional).
+
+    Args:
+        tokenizer: name of the KL tokenizer whose latents this model generates (for decoding).
+        latent_channels: channels of those latents.
+        grid: latent grid side (8 for 64x64 images at f=8).
+        entity: ``token``, ``cell``, ``subsample``, ``scale`` or ``image``.
+        entity_size: the entity's size parameter (``make_entities``; None = its default).
+        dim, depth, heads, mlp_ratio: the transformer.
+        condition: ``text`` or ``class``.
+        num_classes: classes for ``class`` conditioning (index ``num_classes`` is the null class).
+        text_length: CLIP context length of prompts (longer prompts are refused).
+        text_dim: width of the text token embedding (projected to ``dim``; small, the vocab is 49k).
+        text_layers: transformer layers of the text encoder.
+        label_drop: probability of training with the null condition (for CFG).
+        context: ``noisy`` (noisy context learning) or ``clean`` (teacher forcing).
+        t_mean, t_std: logit-normal training times.
+    """
+
+    task = "image-generator"
+
+    def __init__(
+        self,
+        tokenizer: str = "kl-f8-64",
+        latent_channels: int = 16,
+        grid: int = 8,
+        entity: str = "cell",
+        entity_size: Any = None,
+        dim: int = 256,
+        depth: int = 6,
+        heads: int = 4,
+        mlp_ratio: float = 8 / 3,
+        condition: str = "text",
+        num_classes: int = 10,
+        text_length: int = 32,
+        text_dim: int = 64,
+        text_layers: int = 2,
+        label_drop: float = 0.1,
+        context: str = "noisy",
+        t_mean: float = 0.0,
+        t_std: float = 1.0,
+    ):
+        super().__init__()
+        if condition not in ("text", "class"):
+            raise ValueError(f"condition must be text or class, got {condition!r}")
+        if context not in ("noisy", "clean"):
+            raise ValueError(f"context must be noisy or clean, got {context!r}")
+        self.tokenizer_name, self.latent_channels, self.grid = tokenizer, latent_channels, grid
+        self.entities = make_entities(entity, (grid, grid), entity_size)
+        self.condition, self.num_classes, self.text_length = condition, num_classes, text_length
+        self.label_drop, self.context, self.t_mean, self.t_std = label_drop, context, t_mean, t_std
+        L = self.entities.seq_len
+        self.proj_in = nn.Linear(latent_channels, dim)
+        self.pos = nn.Parameter(torch.randn(L, dim) * 0.02)
+        self.t_embed = nn.Sequential(nn.Linear(256, dim), nn.SiLU(), nn.Linear(dim, dim))
+        if condition == "class":
+            self.class_embed = nn.Embedding(num_classes + 1, dim)
+        else:
+            from ..tokenizers.text import TextTokenizer
+
+            self._text = TextTokenizer.clip(context_length=text_length)
+            self.text_embed = nn.Embedding(self._text.vocab_size, text_dim)
+            self.text_pos = nn.Parameter(torch.randn(text_length, text_dim) * 0.02)
+            self.text_proj = nn.Linear(text_dim, dim)
+            layer = nn.TransformerEncoderLayer(
+                dim, heads, 4 * dim, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
+            )
+            self.text_encoder = nn.TransformerEncoder(layer, text_layers, enable_nested_tensor=False)
+            self.text_norm = nn.LayerNorm(dim)
+        self.blocks = nn.ModuleList(
+            Block(dim, heads, i, condition == "text", mlp_ratio) for i in range(depth)
+        )
+        self.final_norm = nn.RMSNorm(dim, elementwise_affine=False)
+        self.final_ada = nn.Linear(dim, 2 * dim)
+        self.proj_out = nn.Linear(dim, latent_channels)
+        for layer in (self.final_ada, self.proj_out):  # start by predicting zero velocity
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    # -- conditions -----------------------------------------------------------------------------
+
+    def encode_condition(self, cond: Any, device: torch.device | None = None) -> Condition:
+        """Prompts (list of str; "" = the null prompt) or class labels (ints; ``num_classes`` =
+        null) -> ``Condition``."""
+        device = device or self.pos.device
+        if self.condition == "class":
+            labels = torch.as_tensor(cond, dtype=torch.long, device=device).reshape(-1)
+            if ((labels < 0) | (labels > self.num_classes)).any():
+                raise InputError(f"class labels must be in [0, {self.num_classes}], got {labels.tolist()}")
+            return Condition(self.class_embed(labels))
+        if isinstance(cond, str) or not all(isinstance(c, str) for c in cond):
+            raise InputError("text conditioning expects a list of prompt strings")
+        tok = self._text(list(cond))
+        ids, mask = tok.input_ids.to(device), tok.attention_mask.to(device).bool()
+        h = self.text_proj(self.text_embed(ids) + self.text_pos[: ids.shape[1]])
+        h = self.text_norm(self.text_encoder(h, src_key_padding_mask=~mask))
+        pooled = (h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+        return Condition(pooled, h, mask)
+
+    def null_condition(self, n: int) -> Any:
+        return [""] * n if self.condition == "text" else [self.num_classes] * n
+
+    # -- the network ----------------------------------------------------------------------------
+
+    def _run(self, x, t, token_entity, positions, cond: Condition, mask=None, cache=None) -> torch.Tensor:
+        """Velocity for tokens ``x`` (B x L x C) at sequence ``positions`` (L); ``t`` holds one time
+        per entity present (B x E) and ``token_entity`` (L) says which column each token uses."""
+        h = self.proj_in(x) + self.pos[positions]
+        c = F.silu(cond.vec[:, None] + self.t_embed(timestep_embedding(t, 256)))  # B x E x D
+        for i, block in enumerate(self.blocks):
+            h = block(h, c, token_entity, mask, cache, cond, i)
+        shift, scale = self.final_ada(c)[:, token_entity].chunk(2, dim=-1)
+        return self.proj_out(_modulate(self.final_norm(h), shift, scale))
+
+    # -- training -------------------------------------------------------------------------------
+
+    def training_step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        latent = batch["latent"].float()
+        ents, B = self.entities, latent.shape[0]
+        x0 = ents.group(latent)  # B x L x C in entity order
+        ids = ents.entity_ids.to(latent.device)
+        t = logit_normal_times((B, ents.num_entities), self.t_mean, self.t_std, device=latent.device)
+        noise = torch.randn_like(x0)
+        xt = interpolate(x0, noise, t[:, ids, None])
+        cond_in = batch["caption"] if self.condition == "text" else batch["label"]
+        drop = torch.rand(B) < self.label_drop  # condition dropout: the null condition CFG needs
+        null = self.null_condition(B)
+        cond_in = [null[i] if drop[i] else c for i, c in enumerate(list(cond_in))]
+        cond = self.encode_condition(cond_in, latent.device)
+        positions = torch.arange(ents.seq_len, device=latent.device)
+        if self.context == "noisy":
+            mask = ents.block_causal_mask().to(latent.device)
+            pred = self._run(xt, t, ids, positions, cond, mask)
+        else:  # teacher forcing: [clean context ; noisy queries], noisy entity e sees clean < e
+            mask = _teacher_forcing_mask(ids).to(latent.device)
+            zeros = torch.zeros_like(t)
+            pred = self._run(
+                torch.cat([x0, xt], 1), torch.cat([zeros, t], 1), torch.cat([ids, ids + ents.num_entities]),
+                torch.cat([positions, positions]), cond, mask,
+            )[:, ents.seq_len :]  # fmt: skip
+        loss = F.mse_loss(pred.float(), (noise - x0).float())
+        return loss, {"mse": loss.detach()}
+
+    @torch.no_grad()
+    def evaluate(self, dataset, device: str | torch.device = "cpu", batch_size: int = 64) -> dict[str, float]:
+        """Validation flow loss (fixed seed): cheap progress signal. Sample quality is measured by
+        ``mmtok eval generation``."""
+        was = self.training
+        self.eval()
+        state = torch.random.get_rng_state()
+        torch.manual_seed(0)
+        try:
+            loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size)
+            total, n = 0.0, 0
+            for batch in loader:
+                batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+                loss, _ = self.training_step({**batch})
+                total, n = total + float(loss) * len(batch["latent"]), n + len(batch["latent"])
+            return {"val_mse": total / max(n, 1), "n": n}
+        finally:
+            torch.random.set_rng_state(state)
+            self.train(was)
+
+    # -- sampling -------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def sample(
+        self,
+        cond: Any,
+        steps: int = 20,
+        cfg: float = 3.0,
+        cfg_schedule: str = "linear",
+        sampler: str = "euler_maruyama",
+        generator: torch.Generator | None = None,
+        kv_cache: bool = True,
+        callback: Callable[[int, int], None] | None = None,
+    ) -> torch.Tensor:
+        """Latents (B x C x grid x grid, the tokenizer's scaled space) for prompts or class labels.
+
+        Args:
+            cond: list of prompts (text) or class labels.
+            steps: network evaluations per entity.
+            cfg: guidance scale (1 = no guidance: no doubled batch).
+            cfg_schedule: ``linear`` (1 on the first entity up to ``cfg`` on the last) or ``constant``.
+            sampler: ``euler`` or ``euler_maruyama``.
+            generator: CPU torch generator: same seed, same images.
+            kv_cache: reuse finished entities' keys/values (off: recompute the prefix every step).
+            callback: ``callback(entities_done, entities_total)`` after each entity (progress bars).
+        """
+        if sampler not in SAMPLERS:
+            raise InputError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+        if cfg_schedule not in CFG_SCHEDULES:
+            raise InputError(f"cfg_schedule must be linear or constant, got {cfg_schedule!r}")
+        if steps < 1 or not math.isfinite(cfg) or cfg < 0:
+            raise InputError(f"need steps >= 1 and a finite cfg >= 0, got steps={steps}, cfg={cfg}")
+        device, ents = self.pos.device, self.entities
+        if isinstance(cond, str):
+            raise InputError("sample() expects a list of prompts (or class labels), got one string")
+        cond = list(cond) if not torch.is_tensor(cond) else cond.tolist()
+        B = len(cond)
+        if B == 0:
+            raise InputError("nothing to sample: give at least one prompt or class label")
+        k = self.num_classes
+        if self.condition == "class" and any(not isinstance(c, int) or not 0 <= c < k for c in cond):
+            raise InputError(f"class labels must be integers in [0, {self.num_classes - 1}], got {cond}")
+        guided = cfg != 1.0
+        c = self.encode_condition(cond, device)
+        if guided:
+            c = c.cat(self.encode_condition(self.null_condition(B), device))
+        E, C = ents.num_entities, self.latent_channels
+        out = torch.zeros(B, ents.seq_len, C, device=device)
+        cache = KVCache() if kv_cache else None
+        slices = ents.entity_slices()
+        for e, sl in enumerate(slices):
+            scale = cfg if cfg_schedule == "constant" or E == 1 else 1 + (cfg - 1) * e / (E - 1)
+            if cache is not None and e > 0:  # the entity just finished joins the cache, clean (t = 0)
+                prev = slices[e - 1]
+                ctx = out[:, prev].repeat(2 if guided else 1, 1, 1)
+                cache.writing = True
+                self._run(ctx, torch.zeros(len(ctx), 1, device=device), _zeros(ctx.shape[1], device),
+                          torch.arange(prev.start, prev.stop, device=device), c, None, cache)  # fmt: skip
+                cache.writing = False
+            velocity = self._entity_velocity(c, e, sl, out, cache, guided, scale)
+            noise = torch.randn(B, sl.stop - sl.start, C, generator=generator).to(device)
+            kw = {"generator": generator} if sampler == "euler_maruyama" else {}
+            out[:, sl] = SAMPLERS[sampler](velocity, noise, steps, **kw)
+            if callback is not None:
+                callback(e + 1, E)
+        return ents.ungroup(out)
+
+    def _entity_velocity(self, c, e, sl, out, cache, guided, scale):
+        device, ents = self.pos.device, self.entities
+        n = sl.stop - sl.start
+
+        def velocity(x: torch.Tensor, t: float) -> torch.Tensor:
+            xin = x.repeat(2, 1, 1) if guided else x
+            bt = torch.full((len(xin), 1), t, device=device)
+            if cache is not None:
+                pos = torch.arange(sl.start, sl.stop, device=device)
+                v = self._run(xin, bt, _zeros(n, device), pos, c, None, cache)
+            else:  # no cache: the clean prefix and this entity, block-causal, every step
+                prefix = out[:, : sl.start].repeat(2 if guided else 1, 1, 1)
+                seq = torch.cat([prefix, xin], 1)
+                ids = ents.entity_ids[: sl.stop].to(device)
+                times = torch.cat([torch.zeros(len(xin), e, device=device), bt], 1)
+                mask = ents.block_causal_mask()[: sl.stop, : sl.stop].to(device)
+                v = self._run(seq, times, ids, torch.arange(sl.stop, device=device), c, mask)[:, sl.start :]
+            if not guided:
+                return v
+            v_c, v_u = v.chunk(2)
+            return v_u + scale * (v_c - v_u)
+
+        return velocity
+
+
+def _zeros(n: int, device) -> torch.Tensor:
+    return torch.zeros(n, dtype=torch.long, device=device)
+
+
+def _teacher_forcing_mask(ids: torch.Tensor) -> torch.Tensor:
+    """2L x 2L mask over [clean ; noisy]: clean tokens are block-causal among themselves; a noisy
+    token of entity e sees clean tokens of entities < e and noisy tokens of entity e."""
+    same_or_before = ids[:, None] >= ids[None, :]
+    before = ids[:, None] > ids[None, :]
+    same = ids[:, None] == ids[None, :]
+    nothing = torch.zeros_like(same)
+    top = torch.cat([same_or_before, nothing], 1)
+    bottom = torch.cat([before, same], 1)
+    return torch.cat([top, bottom], 0)
+
+
+__all__ = ["XAR", "timestep_embedding"]
