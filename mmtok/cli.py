@@ -135,6 +135,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 write=args.write,
             )  # fmt: skip
         }
+    elif args.what == "weaklabel":
+        from .grounding.cli import eval_weaklabel
+
+        result = {"weaklabel": eval_weaklabel(args)}
     elif args.what == "judge":
         from .eval.judge import evaluate_judges
 
@@ -215,10 +219,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_tokenize)
 
     p = sub.add_parser("eval", help="measure a shipped model")
-    p.add_argument("what", choices=["judge", "tokenizer", "generation"], help="what to evaluate")
+    p.add_argument("what", choices=["judge", "tokenizer", "generation", "weaklabel"], help="what to evaluate")
     p.add_argument("--model", action="append", default=None, help="model name (repeatable; default: all)")
     p.add_argument(
-        "--n", type=int, default=None, help="held-out samples per test bed (judge 2000, tokenizer 512)"
+        "--n",
+        type=int,
+        default=None,
+        help="samples: per test bed (judge 2000, tokenizer 512), per prompt group or class "
+        "(generation 256), phantom cases (weaklabel 200)",
     )
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
@@ -227,6 +235,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--write", action="store_true", help="record the figures in the model's card")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.set_defaults(handler=cmd_eval)
+
+    from .grounding.cli import add_commands as add_grounding_commands  # phantom, weaklabel, suv
+
+    add_grounding_commands(sub)
     return parser
 
 

@@ -84,3 +84,20 @@ def test_device_choice():
             assert "CUDA" in str(e)
         else:
             raise AssertionError("cuda accepted without CUDA")
+
+
+def test_petct_commands_are_wired(tmp_path, capsys):
+    from mmtok.cli import main
+
+    assert (
+        main(["phantom", "--out", str(tmp_path), "-n", "1", "--seed", "1", "--shape", "48x48x64", "--json"])
+        == 0
+    )
+    case = json.loads(capsys.readouterr().out)["cases"][0]["dir"]
+    code = main(["weaklabel", "--report", f"{case}/report.txt", "--pet", f"{case}/SUV.nii.gz",
+                 "--out", str(tmp_path / "wl"), "--json"])  # fmt: skip
+    assert code == 0 and "findings" in capsys.readouterr().out
+    assert main(["weaklabel", "--report", f"{case}/SUV.nii.gz", "--pet", f"{case}/SUV.nii.gz",
+                 "--out", str(tmp_path / "x")]) == 2  # fmt: skip
+    assert main(["eval", "weaklabel", "--n", "2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["weaklabel"]
