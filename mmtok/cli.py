@@ -100,6 +100,17 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from apps.gradio_app import launch
+    except ImportError as e:  # an install without the apps package (not an editable checkout)
+        raise MmtokError(f"the web UI is not installed with this copy of mmtok: {e}") from e
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"mmtok serve: listening on {args.host}: anyone reaching it can use the UI", file=sys.stderr)
+    launch(host=args.host, port=args.port, device=args.device)
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     if args.what == "tokenizer":
         from .eval.tokenizer import evaluate_tokenizer
@@ -217,6 +228,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.set_defaults(handler=cmd_tokenize)
+
+    p = sub.add_parser("serve", help="the web UI on the shipped weights (http://127.0.0.1:7860)")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default: this machine only)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(handler=cmd_serve)
 
     p = sub.add_parser("eval", help="measure a shipped model")
     p.add_argument("what", choices=["judge", "tokenizer", "generation", "weaklabel"], help="what to evaluate")

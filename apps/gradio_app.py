@@ -1,0 +1,380 @@
+"""mmtok web UI: ``build_demo() -> gr.Blocks``. UI only: every tab calls an ``mmtok`` pipeline.
+
+    mmtok serve                      # http://127.0.0.1:7860, the shipped weights, CPU
+    python -m apps.gradio_app        # the same
+
+Tabs: Generate (xAR), Tokenize (KL / binary tokenizers), PET/CT (phantoms or uploads, report
+weak labels, slice viewer, mask download). Errors from the pipelines (``MmtokError``) become one-line
+messages in the page; uploads are validated by content (image decoding, NIfTI headers), not names.
+"""
+
+from __future__ import annotations
+
+import functools
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import numpy as np
+
+import mmtok
+from mmtok.errors import MmtokError
+
+MAX_UPLOAD = "300mb"  # a whole-body PET or CT NIfTI at 4 mm is ~10 MB; DICOM series are larger
+DEVICE = {"name": "cpu"}
+
+
+def _models(task: str) -> list[str]:
+    return [m["name"] for m in mmtok.list_models() if m.get("task") == task]
+
+
+def _error(e: Exception) -> gr.Error:
+    return gr.Error(str(e).splitlines()[0] if str(e) else type(e).__name__)
+
+
+def _workdir() -> Path:
+    return Path(tempfile.mkdtemp(prefix="mmtok-ui-"))
+
+
+# ----------------------------------------------------------------------------- Generate
+
+
+@functools.lru_cache(maxsize=4)
+def _generator(name: str):
+    from mmtok.generation.pipeline import GenerationPipeline
+
+    return GenerationPipeline(name, device=DEVICE["name"])
+
+
+def generate(model, prompt, class_label, n, seed, steps, cfg, progress=gr.Progress()):
+    from mmtok.generation.pipeline import GenerationPipeline
+
+    if not model:
+        raise gr.Error("No generator is available: train one (mmtok train configs/xar-shapes64.yaml).")
+    try:
+        pipe = _generator(model)
+        text = prompt if pipe.condition == "text" else None
+        label = int(class_label) if pipe.condition == "class" else None
+        progress(0, desc="generating")
+        result = pipe(
+            prompt=text, class_label=label, n=int(n), seed=int(seed), steps=int(steps), cfg=float(cfg),
+            progress=lambda done, total: progress(done / total, desc=f"entity {done}/{total}"),
+        )  # fmt: skip
+        manifest = GenerationPipeline.save(result, _workdir())
+    except MmtokError as e:
+        raise _error(e) from None
+    info = (
+        f"{len(result.images)} image(s) in {result.seconds:.2f} s (sampling {result.timings['sample']:.2f} s)"
+    )
+    return manifest["images"], info
+
+
+# ----------------------------------------------------------------------------- Tokenize
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer(name: str):
+    from mmtok.tokenizers.pipeline import TokenizePipeline
+
+    return TokenizePipeline(name, device=DEVICE["name"])
+
+
+def tokenize(path, model):
+    from mmtok.data import to_uint8
+    from mmtok.data.imagefile import read_image
+    from mmtok.tokenizers.pipeline import code_grid_image
+
+    if not path:
+        raise gr.Error("Upload an image first.")
+    if not model:
+        raise gr.Error("No tokenizer is available.")
+    try:
+        pipe = _tokenizer(model)
+        image = read_image(path)  # decodes the content; refuses non-images, empty and huge files
+        rec = pipe.reconstruct(image)  # centre-crops to multiples of the tokenizer's factor
+    except MmtokError as e:
+        raise _error(e) from None
+    grid = None
+    if pipe.discrete:  # binary codes: show them as a picture
+        grid = to_uint8(code_grid_image(rec.tokens, pipe.model.num_bits))
+    shape = "x".join(map(str, rec.tokens.shape))
+    info = f"PSNR {rec.psnr:.2f} dB, SSIM {rec.ssim:.4f}, tokens {shape}"
+    return to_uint8(rec.image), to_uint8(rec.reconstruction), info, grid
+
+
+# ----------------------------------------------------------------------------- PET/CT
+
+
+def _case_state(pet_path: str, ct_path: str | None, report: str) -> dict[str, Any]:
+    from mmtok.grounding.io import check_same_grid, load_pet, load_volume
+
+    pet, _ = load_pet(pet_path)
+    ct = load_volume(ct_path, "CT") if ct_path else None
+    if ct is not None:
+        check_same_grid(pet, ct)
+    return {"pet": pet_path, "ct": ct_path, "report": report, "mask": None, "mask_file": None,
+            "shape": tuple(int(s) for s in pet.shape)}  # fmt: skip
+
+
+def load_sample(seed):
+    from mmtok.grounding.phantom import write_phantoms
+
+    folder = write_phantoms(_workdir(), 1, seed=int(seed))[0]
+    state = _case_state(str(folder / "SUV.nii.gz"), str(folder / "CTres.nii.gz"), "")
+    report = (folder / "report.txt").read_text()
+    state["report"] = report
+    return (
+        state,
+        report,
+        *_viewer_updates(state),
+        f"Sample phantom (seed {int(seed)}) loaded: {folder.name}",
+    )
+
+
+def load_upload(pet_file, ct_file, report):
+    if not pet_file:
+        raise gr.Error("Upload a PET (SUV) NIfTI, or load a sample phantom.")
+    try:
+        state = _case_state(_path(pet_file), _path(ct_file) if ct_file else None, report or "")
+    except MmtokError as e:
+        raise _error(e) from None
+    return (state, report or "", *_viewer_updates(state), "Volumes loaded.")
+
+
+def _path(f) -> str:
+    name = f if isinstance(f, str) else getattr(f, "name", str(f))
+    lower = name.lower()
+    if not (lower.endswith(".nii") or lower.endswith(".nii.gz")):
+        raise MmtokError(f"{Path(name).name}: expected a NIfTI file (.nii or .nii.gz)")
+    return name
+
+
+def _viewer_updates(state):
+    from mmtok.grounding.io import axial_axis, load_volume
+
+    pet = load_volume(state["pet"], "PET")
+    axis, _ = axial_axis(pet.affine)
+    n = state["shape"][axis]
+    mid = n // 2
+    return gr.Slider(minimum=0, maximum=n - 1, value=mid, step=1), *render(state, mid)
+
+
+def _load_arrays(state):
+    from mmtok.grounding.io import axial_axis, load_volume, lr_axis
+
+    pet = load_volume(state["pet"], "PET")
+    suv = np.asarray(pet.dataobj, dtype=np.float32)
+    ct = np.asarray(load_volume(state["ct"], "CT").dataobj, dtype=np.float32) if state.get("ct") else None
+    hf, head_up = axial_axis(pet.affine)
+    lr, left_up = lr_axis(pet.affine)
+    return suv, ct, hf, head_up, lr, left_up
+
+
+def _window(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    return (np.clip((x - lo) / (hi - lo), 0, 1) * 255).astype(np.uint8)
+
+
+def _fuse(ct2d, suv2d, mask2d, window=(-160, 240)) -> np.ndarray:
+    """CT in grey (soft-tissue window), PET as a hot overlay (SUV 0-10), the mask in green."""
+    grey = _window(ct2d, *window) if ct2d is not None else np.zeros(suv2d.shape, dtype=np.uint8)
+    rgb = np.repeat(grey[..., None], 3, axis=-1).astype(np.float32)
+    hot = np.clip(suv2d / 10.0, 0, 1)[..., None]
+    rgb = rgb * (1 - 0.6 * hot) + 0.6 * hot * np.array([255.0, 80.0, 0.0])
+    if mask2d is not None:
+        m = mask2d[..., None].astype(np.float32)
+        rgb = rgb * (1 - 0.5 * m) + 0.5 * m * np.array([0.0, 255.0, 0.0])
+    return rgb.clip(0, 255).astype(np.uint8)
+
+
+def _orient(
+    plane: np.ndarray, rows_axis: int, cols_axis: int, rows_flip: bool, cols_flip: bool
+) -> np.ndarray:
+    """A 2D plane whose two remaining array axes are ``rows_axis`` < or > ``cols_axis`` -> rows x cols."""
+    img = plane if rows_axis < cols_axis else plane.swapaxes(0, 1)
+    img = img[::-1] if rows_flip else img
+    return np.ascontiguousarray(img[:, ::-1] if cols_flip else img)
+
+
+def render(state, index):
+    """Axial slice ``index`` and the coronal MIP: CT + PET (+ mask), radiological view (patient's
+    right on the image's left), head at the top of the coronal view."""
+    if not state:
+        return None, None
+    suv, ct, hf, head_up, lr, left_up = _load_arrays(state)
+    mask = np.load(state["mask"]) if state.get("mask") else None
+    ap = 3 - hf - lr
+    i = int(np.clip(int(index or 0), 0, suv.shape[hf] - 1))
+    take = lambda a: None if a is None else np.take(a, i, axis=hf)  # noqa: E731
+    axial = _fuse(take(ct), take(suv), take(mask))  # axes (lr, ap) in array order
+    rest = sorted((lr, ap))
+    axial = _orient(axial, rest.index(ap), rest.index(lr), False, not left_up)
+    proj = lambda a, f: None if a is None else f(a, axis=ap)  # noqa: E731
+    # The CT projection is a mean through air and tissue: a wider window than the axial view's.
+    coronal = _fuse(proj(ct, np.mean), proj(suv, np.max), proj(mask, np.max), window=(-900, 100))
+    rest = sorted((lr, hf))
+    coronal = _orient(coronal, rest.index(hf), rest.index(lr), head_up, not left_up)
+    return axial, coronal
+
+
+def weaklabel(state, report):
+    from mmtok.grounding.io import load_pet, load_volume
+    from mmtok.grounding.reports import parse_report
+    from mmtok.grounding.weaklabel import weak_label
+
+    if not state:
+        raise gr.Error("Load a case first (sample phantom or upload).")
+    if not report or not report.strip():
+        raise gr.Error("Paste a report first.")
+    try:
+        findings = parse_report(report)
+        if not findings:
+            raise MmtokError("the report has no findings (no sentence with both an SUV and a slice number)")
+        pet, _ = load_pet(state["pet"])
+        ct = load_volume(state["ct"], "CT") if state.get("ct") else None
+        results = weak_label(findings, pet, ct)
+    except MmtokError as e:
+        raise _error(e) from None
+    work, rows, union, masks = _workdir(), [], None, {}
+    for n, r in enumerate(results, 1):
+        m = r.pop("_mask", None)
+        if m is not None:
+            union = m.copy() if union is None else (union | m)
+            masks[n] = str(work / f"finding_{n:02d}.npy")
+            np.save(masks[n], m.astype(np.uint8), allow_pickle=False)
+        rows.append([n, r["status"], r.get("suvmax"), r.get("slice"), r.get("side"), r.get("organ"),
+                     r.get("volume_ml"), r["sentence"]])  # fmt: skip
+    state = dict(state, findings=results, finding_masks=masks, mask=None, mask_file=None)
+    mask_file = None
+    if union is not None:
+        state, mask_file = _store_mask(state, union)
+    choices = [f"{n}: {results[n - 1]['sentence']}" for n in masks]
+    return state, rows, gr.Dropdown(choices=choices, value=None), mask_file
+
+
+def _store_mask(state, mask):
+    from mmtok.grounding.io import load_volume, save_mask
+
+    work = _workdir()
+    npy = work / "mask.npy"
+    np.save(npy, mask.astype(np.uint8), allow_pickle=False)
+    nii = save_mask(mask.astype(bool), load_volume(state["pet"], "PET"), work / "mask.nii.gz")
+    return dict(state, mask=str(npy), mask_file=str(nii)), str(nii)
+
+
+def show_finding(state, choice):
+    """One located finding: its mask alone, the slider at its peak, its mask for download."""
+    if not state or not choice or not state.get("finding_masks"):
+        return state, gr.Slider(), gr.Image(), gr.Image(), None
+    from mmtok.grounding.io import axial_axis, load_volume
+
+    n = int(choice.split(":", 1)[0])
+    mask = np.load(state["finding_masks"][n]).astype(bool)
+    state, nii = _store_mask(state, mask)
+    axis, _ = axial_axis(load_volume(state["pet"], "PET").affine)
+    peak = int(state["findings"][n - 1]["peak_voxel"][axis])
+    return state, gr.Slider(value=peak), *render(state, peak), nii
+
+
+# ----------------------------------------------------------------------------- the app
+
+
+def build_demo(device: str = "cpu") -> gr.Blocks:
+    DEVICE["name"] = device
+    generators, tokenizers = _models("image-generator"), _models("image-tokenizer")
+    with gr.Blocks(title="mmtok", delete_cache=(3600, 3600)) as demo:
+        gr.Markdown(
+            "# mmtok\nMultimodal generation and grounding on shared tokenizers — runs offline on a CPU."
+        )
+        with gr.Tab("Generate"):
+            if not generators:
+                gr.Markdown("No generator is shipped yet: `mmtok train configs/xar-shapes64.yaml` makes one.")
+            with gr.Row():
+                with gr.Column():
+                    g_model = gr.Dropdown(
+                        generators, value=generators[0] if generators else None, label="model"
+                    )
+                    g_prompt = gr.Textbox(
+                        label="prompt (text models)", value="a big red circle in the middle"
+                    )
+                    g_class = gr.Number(label="class (class models)", value=7, precision=0)
+                    with gr.Row():
+                        g_n = gr.Slider(1, 16, value=4, step=1, label="images")
+                        g_seed = gr.Number(label="seed", value=0, precision=0)
+                    with gr.Row():
+                        g_steps = gr.Slider(1, 100, value=20, step=1, label="steps per entity")
+                        g_cfg = gr.Slider(0, 10, value=3.0, step=0.5, label="guidance")
+                    g_run = gr.Button("Generate", variant="primary")
+                with gr.Column():
+                    g_gallery = gr.Gallery(label="images", columns=4, format="png", elem_id="gen-gallery")
+                    g_info = gr.Markdown(elem_id="gen-info")
+            g_run.click(
+                generate, [g_model, g_prompt, g_class, g_n, g_seed, g_steps, g_cfg], [g_gallery, g_info]
+            )
+
+        with gr.Tab("Tokenize"):
+            with gr.Row():
+                with gr.Column():
+                    t_image = gr.Image(type="filepath", label="image", elem_id="tok-input")
+                    t_model = gr.Dropdown(
+                        tokenizers, value=tokenizers[0] if tokenizers else None, label="tokenizer"
+                    )
+                    t_run = gr.Button("Tokenize", variant="primary")
+                with gr.Column():
+                    with gr.Row():
+                        t_orig = gr.Image(label="original", format="png")
+                        t_rec = gr.Image(label="reconstruction", format="png")
+                    t_info = gr.Markdown(elem_id="tok-info")
+                    t_grid = gr.Image(label="code grid (binary tokenizers)", format="png")
+            t_run.click(tokenize, [t_image, t_model], [t_orig, t_rec, t_info, t_grid])
+
+        with gr.Tab("PET/CT"):
+            state = gr.State(None)
+            with gr.Row():
+                with gr.Column(scale=1):
+                    p_seed = gr.Number(label="phantom seed", value=0, precision=0)
+                    p_sample = gr.Button("Load a sample phantom", elem_id="pet-sample")
+                    p_pet = gr.File(label="PET (SUV) NIfTI", file_types=[".nii", ".gz"], type="filepath")
+                    p_ct = gr.File(label="CT NIfTI on the PET grid (optional)", file_types=[".nii", ".gz"],
+                                   type="filepath")  # fmt: skip
+                    p_load = gr.Button("Load uploads")
+                    p_report = gr.Textbox(label="report", lines=8, elem_id="pet-report")
+                    p_label = gr.Button("Weak-label the report", variant="primary", elem_id="pet-weaklabel")
+                    p_status = gr.Markdown(elem_id="pet-status")
+                with gr.Column(scale=2):
+                    p_slice = gr.Slider(0, 1, value=0, step=1, label="axial slice")
+                    with gr.Row():
+                        p_axial = gr.Image(label="axial (CT + PET + mask)", format="png")
+                        p_coronal = gr.Image(label="coronal MIP", format="png")
+                    p_table = gr.Dataframe(
+                        headers=["#", "status", "SUVmax", "slice", "side", "organ", "volume mL", "sentence"],
+                        label="findings", elem_id="pet-findings", wrap=True,
+                    )  # fmt: skip
+                    p_finding = gr.Dropdown([], label="show one finding")
+                    p_mask = gr.File(label="mask (NIfTI, PET grid)")
+            outs = [state, p_report, p_slice, p_axial, p_coronal, p_status]
+            p_sample.click(load_sample, [p_seed], outs)
+            p_load.click(load_upload, [p_pet, p_ct, p_report], outs)
+            p_slice.release(render, [state, p_slice], [p_axial, p_coronal])
+            p_label.click(_weaklabel_and_render, [state, p_report, p_slice],
+                          [state, p_table, p_finding, p_mask, p_axial, p_coronal])  # fmt: skip
+            p_finding.change(show_finding, [state, p_finding], [state, p_slice, p_axial, p_coronal, p_mask])
+    return demo
+
+
+def _weaklabel_and_render(state, report, index):
+    state, rows, dropdown, mask_file = weaklabel(state, report)
+    state = dict(state, report_used=report)
+    return (state, rows, dropdown, mask_file, *render(state, index))
+
+
+def launch(host: str = "127.0.0.1", port: int = 7860, device: str = "cpu", **kwargs):
+    """Serve the UI; binds to localhost by default and limits upload size."""
+    demo = build_demo(device)
+    demo.queue(default_concurrency_limit=1)
+    return demo.launch(server_name=host, server_port=port, max_file_size=MAX_UPLOAD, share=False,
+                       enable_monitoring=False, **kwargs)  # fmt: skip
+
+
+if __name__ == "__main__":
+    launch()

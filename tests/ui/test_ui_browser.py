@@ -1,0 +1,62 @@
+"""The web UI in a real browser (Debian chromium driven by Playwright): PET/CT and Tokenize tabs."""
+
+import re
+
+import pytest
+from PIL import Image
+
+from apps import gradio_app as app
+from mmtok.data import build_dataset, to_uint8
+
+pytestmark = pytest.mark.ui
+
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+]
+
+
+@pytest.fixture(scope="module")
+def served():
+    demo = app.build_demo()
+    demo.queue()
+    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True,
+                            max_file_size=app.MAX_UPLOAD, enable_monitoring=False)  # fmt: skip
+    yield url
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def page(served):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page()
+        page.goto(served)
+        yield page
+        browser.close()
+
+
+def test_petct_sample_and_weak_labels(page):
+    from playwright.sync_api import expect
+
+    page.get_by_role("tab", name="PET/CT").click()
+    page.locator("#pet-sample").click()
+    expect(page.locator("#pet-status")).to_contain_text("loaded", timeout=60_000)
+    expect(page.locator("#pet-report textarea")).to_have_value(re.compile("SUV"), timeout=10_000)
+    page.locator("#pet-weaklabel").click()
+    expect(page.locator("#pet-findings")).to_contain_text("located", timeout=60_000)
+
+
+def test_tokenize_upload(page, tmp_path):
+    from playwright.sync_api import expect
+
+    path = tmp_path / "scene.png"
+    Image.fromarray(to_uint8(build_dataset("shapes", "heldout", resolution=64)[1]["image"])).save(path)
+    page.get_by_role("tab", name="Tokenize").click()
+    page.locator("#tok-input input[type=file]").set_input_files(str(path))
+    page.get_by_role("button", name="Tokenize", exact=True).click()
+    expect(page.locator("#tok-info")).to_contain_text("PSNR", timeout=60_000)
