@@ -72,7 +72,7 @@ class GenerationPipeline:
                 raise InputError(f"{self.name} is text-conditional: give a prompt, not a class")
             if not isinstance(prompt, str) or not prompt.strip():
                 raise InputError("the prompt is empty")
-            tokens = len(m._text.encode(prompt)) + 2
+            tokens = m.text.count_tokens(prompt)
             if tokens > m.text_length:
                 raise InputError(
                     f"the prompt is {tokens} tokens long; {self.name} reads at most {m.text_length}"

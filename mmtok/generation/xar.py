@@ -39,6 +39,7 @@ from ..errors import InputError
 from ..hub import MmtokModel, register_model
 from ..nn.attention import CrossAttention, KVCache, SelfAttention
 from ..nn.flow import SAMPLERS, interpolate, logit_normal_times
+from ..nn.text import TextEncoder
 from ..tokenizers.entities import make_entities
 
 CFG_SCHEDULES = ("linear", "constant")
@@ -156,17 +157,7 @@ class XAR(MmtokModel):
         if condition == "class":
             self.class_embed = nn.Embedding(num_classes + 1, dim)
         else:
-            from ..tokenizers.text import TextTokenizer
-
-            self._text = TextTokenizer.clip(context_length=text_length)
-            self.text_embed = nn.Embedding(self._text.vocab_size, text_dim)
-            self.text_pos = nn.Parameter(torch.randn(text_length, text_dim) * 0.02)
-            self.text_proj = nn.Linear(text_dim, dim)
-            layer = nn.TransformerEncoderLayer(
-                dim, heads, 4 * dim, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
-            )
-            self.text_encoder = nn.TransformerEncoder(layer, text_layers, enable_nested_tensor=False)
-            self.text_norm = nn.LayerNorm(dim)
+            self.text = TextEncoder(dim, heads, text_length, text_dim, text_layers)
         self.blocks = nn.ModuleList(
             Block(dim, heads, i, condition == "text", mlp_ratio) for i in range(depth)
         )
@@ -188,14 +179,8 @@ class XAR(MmtokModel):
             if ((labels < 0) | (labels > self.num_classes)).any():
                 raise InputError(f"class labels must be in [0, {self.num_classes}], got {labels.tolist()}")
             return Condition(self.class_embed(labels))
-        if isinstance(cond, str) or not all(isinstance(c, str) for c in cond):
-            raise InputError("text conditioning expects a list of prompt strings")
-        tok = self._text(list(cond))
-        ids, mask = tok.input_ids.to(device), tok.attention_mask.to(device).bool()
-        h = self.text_proj(self.text_embed(ids) + self.text_pos[: ids.shape[1]])
-        h = self.text_norm(self.text_encoder(h, src_key_padding_mask=~mask))
-        pooled = (h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
-        return Condition(pooled, h, mask)
+        tokens, mask, pooled = self.text(list(cond) if not isinstance(cond, str) else cond)
+        return Condition(pooled, tokens, mask)
 
     def null_condition(self, n: int) -> Any:
         return [""] * n if self.condition == "text" else [self.num_classes] * n
