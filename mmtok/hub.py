@@ -39,6 +39,7 @@ _MODEL_MODULES = (
     "mmtok.tokenizers.image_kl",
     "mmtok.tokenizers.image_binary",
     "mmtok.generation.xar",
+    "mmtok.generation.dit",
 )
 _REGISTRY: dict[str, type[MmtokModel]] = {}
 
