@@ -1,6 +1,7 @@
-"""Train the shipped image tokenizers side by side on one GPU inside a fixed wall-clock budget.
+"""Train shipped models side by side on one GPU inside a fixed wall-clock budget.
 
-    python scripts/gpu_train_tokenizers.py --budget 400 --out DIR
+    python scripts/gpu_train_tokenizers.py --budget 400 --out DIR          # kl-f8-64 + bin-f8-64
+    python scripts/gpu_train_tokenizers.py --names xar-shapes64 dit-shapes64 --steps 8000 --eval --out DIR
 
 What it runs is the ordinary ``mmtok train configs/<name>.yaml --max-steps N`` for ``kl-f8-64`` and
 ``bin-f8-64`` (both at once: small convnets leave a big GPU mostly idle), then
@@ -59,12 +60,30 @@ def main() -> None:
     a.out.mkdir(parents=True, exist_ok=True)
     logs = {n: a.out / f"{n}.log" for n in names}
 
+    prepare(names)
     steps = a.steps if a.steps is not None else probe(a, names, work, logs, start)
     train(names, steps, work, logs, start)
     if a.eval:
         evaluate(names, a.out)
     pack(names, a.out, a.part_mb)
     print(f"done at {time.time() - start:.0f} s", flush=True)
+
+
+def prepare(names) -> None:
+    """Build every dataset the configs name once, before the runs start side by side: a generator
+    config's ``latents`` data encodes its test bed into the latent cache on first use, and two runs
+    must not both build the same cache."""
+    code = (
+        "import sys\n"
+        "from mmtok.data import build_dataset\n"
+        "from mmtok.train.config import load_config\n"
+        "for path in sys.argv[1:]:\n"
+        "    cfg = load_config(path)\n"
+        "    for sub in (cfg.data, cfg.eval):\n"
+        "        if sub is not None and sub.name == 'latents':\n"
+        "            build_dataset(sub.name, sub.split, **sub.kwargs)\n"
+    )
+    subprocess.run([sys.executable, "-c", code, *[f"configs/{n}.yaml" for n in names]], check=True)
 
 
 def probe(a, names, work: Path, logs: dict[str, Path], start: float) -> int:
