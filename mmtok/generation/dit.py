@@ -12,7 +12,6 @@ the generation pipeline, CLI and UI serve it unchanged.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +24,7 @@ from ..hub import MmtokModel, register_model
 from ..nn.flow import SAMPLERS, interpolate, logit_normal_times
 from ..nn.text import TextEncoder
 from ..tokenizers.entities import make_entities
+from .common import check_sample_args, validation_loss
 
 
 @register_model
@@ -117,23 +117,9 @@ class DiTBaseline(MmtokModel):
         loss = F.mse_loss(pred.float(), (noise - x0).float())
         return loss, {"mse": loss.detach()}
 
-    @torch.no_grad()
     def evaluate(self, dataset, device: str | torch.device = "cpu", batch_size: int = 64) -> dict[str, float]:
         """Validation flow loss at a fixed seed (sample quality: ``mmtok eval generation``)."""
-        was = self.training
-        self.eval()
-        state = torch.random.get_rng_state()
-        torch.manual_seed(0)
-        try:
-            total, n = 0.0, 0
-            for batch in torch.utils.data.DataLoader(dataset, batch_size=batch_size):
-                batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-                loss, _ = self.training_step(batch)
-                total, n = total + float(loss) * len(batch["latent"]), n + len(batch["latent"])
-            return {"val_mse": total / max(n, 1), "n": n}
-        finally:
-            torch.random.set_rng_state(state)
-            self.train(was)
+        return validation_loss(self, dataset, device, batch_size)
 
     @torch.no_grad()
     def sample(
@@ -149,19 +135,7 @@ class DiTBaseline(MmtokModel):
     ) -> torch.Tensor:
         """Latents B x C x grid x grid; same arguments as ``XAR.sample`` (one entity: the guidance
         schedule is constant and there is nothing to cache)."""
-        if sampler not in SAMPLERS:
-            raise InputError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
-        if steps < 1 or not math.isfinite(cfg) or cfg < 0:
-            raise InputError(f"need steps >= 1 and a finite cfg >= 0, got steps={steps}, cfg={cfg}")
-        if isinstance(cond, str):
-            raise InputError("sample() expects a list of prompts (or class labels), got one string")
-        cond = cond.tolist() if torch.is_tensor(cond) else list(cond)
-        if not cond:
-            raise InputError("nothing to sample: give at least one prompt or class label")
-        if self.condition == "class" and any(
-            not isinstance(c, int) or not 0 <= c < self.num_classes for c in cond
-        ):
-            raise InputError(f"class labels must be integers in [0, {self.num_classes - 1}], got {cond}")
+        cond = check_sample_args(self, cond, steps, cfg, sampler)
         device, B = self._anchor.device, len(cond)
         guided = cfg != 1.0
         c = self._encode(cond + self.null_condition(B) if guided else cond)

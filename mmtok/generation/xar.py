@@ -41,6 +41,7 @@ from ..nn.attention import CrossAttention, KVCache, SelfAttention
 from ..nn.flow import SAMPLERS, interpolate, logit_normal_times
 from ..nn.text import TextEncoder
 from ..tokenizers.entities import make_entities
+from .common import check_sample_args, validation_loss
 
 CFG_SCHEDULES = ("linear", "constant")
 
@@ -226,25 +227,9 @@ class XAR(MmtokModel):
         loss = F.mse_loss(pred.float(), (noise - x0).float())
         return loss, {"mse": loss.detach()}
 
-    @torch.no_grad()
     def evaluate(self, dataset, device: str | torch.device = "cpu", batch_size: int = 64) -> dict[str, float]:
-        """Validation flow loss (fixed seed): cheap progress signal. Sample quality is measured by
-        ``mmtok eval generation``."""
-        was = self.training
-        self.eval()
-        state = torch.random.get_rng_state()
-        torch.manual_seed(0)
-        try:
-            loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size)
-            total, n = 0.0, 0
-            for batch in loader:
-                batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-                loss, _ = self.training_step({**batch})
-                total, n = total + float(loss) * len(batch["latent"]), n + len(batch["latent"])
-            return {"val_mse": total / max(n, 1), "n": n}
-        finally:
-            torch.random.set_rng_state(state)
-            self.train(was)
+        """Validation flow loss at a fixed seed (sample quality: ``mmtok eval generation``)."""
+        return validation_loss(self, dataset, device, batch_size)
 
     # -- sampling -------------------------------------------------------------------------------
 
@@ -272,22 +257,10 @@ class XAR(MmtokModel):
             kv_cache: reuse finished entities' keys/values (off: recompute the prefix every step).
             callback: ``callback(entities_done, entities_total)`` after each entity (progress bars).
         """
-        if sampler not in SAMPLERS:
-            raise InputError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+        cond = check_sample_args(self, cond, steps, cfg, sampler)
         if cfg_schedule not in CFG_SCHEDULES:
             raise InputError(f"cfg_schedule must be linear or constant, got {cfg_schedule!r}")
-        if steps < 1 or not math.isfinite(cfg) or cfg < 0:
-            raise InputError(f"need steps >= 1 and a finite cfg >= 0, got steps={steps}, cfg={cfg}")
-        device, ents = self.pos.device, self.entities
-        if isinstance(cond, str):
-            raise InputError("sample() expects a list of prompts (or class labels), got one string")
-        cond = list(cond) if not torch.is_tensor(cond) else cond.tolist()
-        B = len(cond)
-        if B == 0:
-            raise InputError("nothing to sample: give at least one prompt or class label")
-        k = self.num_classes
-        if self.condition == "class" and any(not isinstance(c, int) or not 0 <= c < k for c in cond):
-            raise InputError(f"class labels must be integers in [0, {self.num_classes - 1}], got {cond}")
+        device, ents, B = self.pos.device, self.entities, len(cond)
         guided = cfg != 1.0
         c = self.encode_condition(cond, device)
         if guided:
