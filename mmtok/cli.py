@@ -146,6 +146,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 write=args.write,
             )  # fmt: skip
         }
+    elif args.what == "clip":
+        from .clip.cli import eval_clip
+
+        result = eval_clip(args)
     elif args.what == "weaklabel":
         from .grounding.cli import eval_weaklabel
 
@@ -253,8 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.set_defaults(handler=cmd_eval)
 
+    from .clip.cli import add_commands as add_clip_commands  # clip classify / clip search
     from .grounding.cli import add_commands as add_grounding_commands  # phantom, weaklabel, suv
 
+    add_clip_commands(sub)
     add_grounding_commands(sub)
     return parser
 

@@ -40,6 +40,7 @@ _MODEL_MODULES = (
     "mmtok.tokenizers.image_binary",
     "mmtok.generation.xar",
     "mmtok.generation.dit",
+    "mmtok.clip.model",
 )
 _REGISTRY: dict[str, type[MmtokModel]] = {}
 
@@ -171,6 +172,8 @@ def save(
             (tmp / METRICS_NAME).write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
         if readme is not None:
             (tmp / "README.md").write_text(readme)
+        for file in tmp.iterdir():  # safetensors writes through a private temp file: make it readable
+            file.chmod(0o644)
         if folder.exists():
             old = folder.with_name(f".{folder.name}.old")
             shutil.rmtree(old, ignore_errors=True)

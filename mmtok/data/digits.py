@@ -33,6 +33,16 @@ CAPTION_TEMPLATES = (
     "handwritten number {n}",
     "a scanned handwritten {n}",
     "the numeral {w}, handwritten",
+    # Synonyms and looser phrasings, so a CLIP trained on these captions ties "digit", "number",
+    # "numeral", "figure" and the word and numeral forms to the same picture.
+    "a handwritten figure {w}",
+    "a digit {w} written by hand",
+    "a photo of the handwritten number {w}",
+    "a black and white scan of a handwritten {w}",
+    "the numeral {n}",
+    "a pen-written digit {n}",
+    "someone wrote the number {w}",
+    "a handwritten digit: {n}",
 )
 _SPLIT_CODE = {"train": 0, "test": 1}
 
