@@ -21,12 +21,18 @@ import numpy as np
 import mmtok
 from mmtok.errors import MmtokError
 
+CLIP_TASK = "clip"
+DEFAULT_LABELS = "a red circle\na blue square\na green star\na handwritten digit seven"
 MAX_UPLOAD = "300mb"  # a whole-body PET or CT NIfTI at 4 mm is ~10 MB; DICOM series are larger
 DEVICE = {"name": "cpu"}
 
 
 def _models(task: str) -> list[str]:
     return [m["name"] for m in mmtok.list_models() if m.get("task") == task]
+
+
+def _default(names: list[str], preferred: str) -> str | None:
+    return preferred if preferred in names else (names[0] if names else None)
 
 
 def _error(e: Exception) -> gr.Error:
@@ -101,6 +107,65 @@ def tokenize(path, model):
     shape = "x".join(map(str, rec.tokens.shape))
     info = f"PSNR {rec.psnr:.2f} dB, SSIM {rec.ssim:.4f}, tokens {shape}"
     return to_uint8(rec.image), to_uint8(rec.reconstruction), info, grid
+
+
+# ----------------------------------------------------------------------------- CLIP
+
+
+@functools.lru_cache(maxsize=4)
+def _clip(name: str):
+    from mmtok.clip.pipeline import ClipPipeline
+
+    return ClipPipeline(name, device=DEVICE["name"])
+
+
+def _labels(text: str) -> list[str]:
+    parts = [p.strip() for line in (text or "").splitlines() for p in line.split(";")]
+    return [p for p in parts if p]
+
+
+def clip_classify(path, labels_text, model):
+    import pandas as pd
+
+    if not path:
+        raise gr.Error("Upload an image first.")
+    labels = _labels(labels_text)
+    if not labels:
+        raise gr.Error("Type at least one label (one per line).")
+    try:
+        result = _clip(model).classify([path], labels)[0]
+    except MmtokError as e:
+        raise _error(e) from None
+    frame = pd.DataFrame({"label": list(result["scores"]), "probability": list(result["scores"].values())})
+    return frame, f"Best: **{result['label']}** ({100 * result['score']:.1f}%)"
+
+
+@functools.lru_cache(maxsize=1)
+def sample_gallery() -> str:
+    """A folder of sample images to search: held-out shapes scenes and test digits (made once)."""
+    from mmtok.data import build_dataset
+    from mmtok.data.imagefile import write_png
+
+    folder = _workdir() / "gallery"
+    shapes, digits = (
+        build_dataset("shapes", "heldout", resolution=64),
+        build_dataset("digits", "test", resolution=64),
+    )
+    for i in range(48):
+        write_png(shapes[i]["image"], folder / f"scene_{i:02d}.png")
+    for i in range(24):
+        write_png(digits[i]["image"], folder / f"digit_{i:02d}.png")
+    return str(folder)
+
+
+def clip_search(text, model, top):
+    if not text or not text.strip():
+        raise gr.Error("Type a text to search for.")
+    try:
+        found = _clip(model).search(sample_gallery(), text, top=int(top))
+    except MmtokError as e:
+        raise _error(e) from None
+    return [(r["path"], f"{r['score']:.3f}") for r in found["results"]]
 
 
 # ----------------------------------------------------------------------------- PET/CT
@@ -282,6 +347,7 @@ def show_finding(state, choice):
 def build_demo(device: str = "cpu") -> gr.Blocks:
     DEVICE["name"] = device
     generators, tokenizers = _models("image-generator"), _models("image-tokenizer")
+    clips = _models(CLIP_TASK)
     with gr.Blocks(title="mmtok", delete_cache=(3600, 3600)) as demo:
         gr.Markdown(
             "# mmtok\nMultimodal generation and grounding on shared tokenizers — runs offline on a CPU."
@@ -327,6 +393,28 @@ def build_demo(device: str = "cpu") -> gr.Blocks:
                     t_info = gr.Markdown(elem_id="tok-info")
                     t_grid = gr.Image(label="code grid (binary tokenizers)", format="png")
             t_run.click(tokenize, [t_image, t_model], [t_orig, t_rec, t_info, t_grid])
+
+        with gr.Tab("CLIP"):
+            c_model = gr.Dropdown(clips, value=_default(clips, "lightclip-shapes64"), label="model")
+            with gr.Row():
+                with gr.Column():
+                    c_image = gr.Image(type="filepath", label="image", elem_id="clip-input")
+                    c_labels = gr.Textbox(
+                        label="labels (one per line)", lines=4, elem_id="clip-labels", value=DEFAULT_LABELS
+                    )
+                    c_run = gr.Button("Classify", variant="primary", elem_id="clip-classify")
+                with gr.Column():
+                    c_plot = gr.BarPlot(x="label", y="probability", label="probabilities", y_lim=[0, 1])
+                    c_best = gr.Markdown(elem_id="clip-best")
+            with gr.Row():
+                c_text = gr.Textbox(label="search the sample gallery", value="a large yellow heart", scale=3)
+                c_top = gr.Slider(1, 12, value=6, step=1, label="top")
+                c_search = gr.Button("Search", elem_id="clip-search")
+            c_gallery = gr.Gallery(
+                label="best matches (score)", columns=6, format="png", elem_id="clip-gallery"
+            )
+            c_run.click(clip_classify, [c_image, c_labels, c_model], [c_plot, c_best])
+            c_search.click(clip_search, [c_text, c_model, c_top], [c_gallery])
 
         with gr.Tab("PET/CT"):
             state = gr.State(None)

@@ -60,3 +60,11 @@ def test_tokenize_upload(page, tmp_path):
     page.locator("#tok-input input[type=file]").set_input_files(str(path))
     page.get_by_role("button", name="Tokenize", exact=True).click()
     expect(page.locator("#tok-info")).to_contain_text("PSNR", timeout=60_000)
+
+
+def test_clip_search(page):
+    from playwright.sync_api import expect
+
+    page.get_by_role("tab", name="CLIP").click()
+    page.locator("#clip-search").click()
+    expect(page.locator("#clip-gallery img").first).to_be_visible(timeout=90_000)

@@ -1,5 +1,7 @@
 """The web UI's handlers, called directly (fast): each tab's pipeline call, validation and output."""
 
+from pathlib import Path
+
 import gradio as gr
 import numpy as np
 import pytest
@@ -80,3 +82,16 @@ def test_generate_tab(tiny_xar):
     assert seen  # the progress bar moved
     with pytest.raises(gr.Error, match="empty"):
         app.generate(str(tiny_xar), "   ", 0, 1, 0, 2, 2.0, progress=lambda *a, **k: None)
+
+
+def test_clip_tab(scene_png):
+    labels = "a red circle\na blue square\n\n a green star"
+    frame, best = app.clip_classify(scene_png, labels, "clip-shapes64")
+    assert list(frame["label"]) and abs(float(frame["probability"].sum()) - 1) < 1e-4 and len(frame) == 3
+    assert best.startswith("Best: **")
+    with pytest.raises(gr.Error, match="label"):
+        app.clip_classify(scene_png, " \n ", "clip-shapes64")
+    found = app.clip_search("a large yellow heart", "clip-shapes64", 4)
+    assert len(found) == 4 and all(Path(p).is_file() for p, _ in found)
+    scores = [float(s) for _, s in found]
+    assert scores == sorted(scores, reverse=True)
