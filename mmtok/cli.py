@@ -150,6 +150,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from .clip.cli import eval_clip
 
         result = eval_clip(args)
+    elif args.what == "grounding":
+        from .grounding.cli import eval_grounding
+
+        result = eval_grounding(args)
     elif args.what == "weaklabel":
         from .grounding.cli import eval_weaklabel
 

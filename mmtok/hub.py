@@ -41,6 +41,7 @@ _MODEL_MODULES = (
     "mmtok.generation.xar",
     "mmtok.generation.dit",
     "mmtok.clip.model",
+    "mmtok.grounding.model",
 )
 _REGISTRY: dict[str, type[MmtokModel]] = {}
 

@@ -84,3 +84,7 @@ __all__ = [
 from .latents import LatentsDataset  # noqa: E402
 
 DATASETS["latents"] = LatentsDataset
+
+from ..grounding.dataset import GroundingPhantomDataset  # noqa: E402
+
+DATASETS["grounding-phantom"] = GroundingPhantomDataset

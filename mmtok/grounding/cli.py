@@ -1,9 +1,13 @@
-"""PET/CT commands for the ``mmtok`` CLI: ``phantom``, ``weaklabel``, ``suv`` and ``eval weaklabel``.
+"""PET/CT commands for the ``mmtok`` CLI: ``phantom``, ``weaklabel``, ``suv``, ``ground``, ``eval weaklabel``
+and ``eval grounding``.
 
 ``add_commands(sub)`` adds the subcommands to ``mmtok``'s subparsers; each handler returns an exit
 code and raises ``MmtokError`` on bad input (the main CLI prints it as one line and exits 2).
 ``eval_weaklabel(args)`` returns the flat metrics dict for ``mmtok eval weaklabel`` (it reads
 ``args.n``, ``args.seed``, ``args.json`` and, if present, ``args.shape``/``args.method``).
+``eval_grounding(args)`` returns ``{model name: metrics}`` for ``mmtok eval grounding`` (it reads
+``args.model`` (a list or None: the three shipped grounding models), ``args.n``, ``args.seed``,
+``args.json`` and, if present, ``args.device``/``args.overlap``/``args.shape``).
 """
 
 from __future__ import annotations
@@ -93,8 +97,28 @@ def cmd_suv(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ground(args: argparse.Namespace) -> int:
+    from ..runtime import pick_device
+    from .pipeline import run_ground
+
+    device = str(pick_device(args.device))
+    info = run_ground(args.pet, args.ct, args.text, args.out, model=args.model, device=device,
+                      overlay=args.overlay, overlap=args.overlap)  # fmt: skip
+    if args.json:
+        _print_json(info)
+        return 0
+    if info["voxels"]:
+        print(f"{info['voxels']} voxels ({info['volume_ml']} mL), peak SUV {info['peak_suv']} at "
+              f"{info['peak_voxel']} -> {info['out']} ({info['seconds']} s)")  # fmt: skip
+    else:
+        print(f"no lesion found for this sentence; empty mask -> {info['out']}")
+    for note in info["notes"]:
+        print(f"note: {note}")
+    return 0
+
+
 def add_commands(sub) -> None:
-    """Add ``phantom``, ``weaklabel`` and ``suv`` to an argparse subparsers object."""
+    """Add ``phantom``, ``weaklabel``, ``suv`` and ``ground`` to an argparse subparsers object."""
     p = sub.add_parser("phantom", help="write synthetic whole-body PET/CT cases with lesions and reports")
     p.add_argument("--out", required=True, help="output folder (case_0000, case_0001, ...)")
     p.add_argument("-n", type=int, default=1, help="number of cases (default 1)")
@@ -138,6 +162,24 @@ def add_commands(sub) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.set_defaults(handler=cmd_suv)
 
+    p = sub.add_parser("ground", help="segment the lesion one report sentence describes (ConTEXTual Net 3D)")
+    p.add_argument(
+        "--pet", required=True, help="SUV NIfTI, or a DICOM PET series folder (converted to SUVbw)"
+    )
+    p.add_argument("--ct", required=True, help="CT NIfTI (resampled onto the PET grid if it is not on it)")
+    p.add_argument(
+        "--text", required=True, help='the sentence, e.g. "Left axillary node, SUVmax 7.2 (image 98)."'
+    )
+    p.add_argument(
+        "--model", default="contextual3d-phantom", help="grounding model (default contextual3d-phantom)"
+    )
+    p.add_argument("--out", required=True, help="output mask NIfTI (uint8, on the PET grid)")
+    p.add_argument("--overlay", default=None, help="also write a coronal MIP PNG with the mask outlined")
+    p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (default 0.5)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, mps or auto")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.set_defaults(handler=cmd_ground)
+
 
 def eval_weaklabel(args: argparse.Namespace) -> dict:
     """Metrics of ``mmtok eval weaklabel`` (``--n`` cases, default 200; ``--seed``)."""
@@ -150,3 +192,28 @@ def eval_weaklabel(args: argparse.Namespace) -> dict:
     shape = getattr(args, "shape", None) or (96, 96, 160)
     config = WeakLabelConfig(method=getattr(args, "method", None) or "itm")
     return evaluate_weaklabel(n, seed=args.seed, shape=shape, config=config, progress=not args.json)
+
+
+GROUNDING_MODELS = ("contextual3d-phantom", "dynunet3d-phantom", "contextual25d-phantom")
+
+
+def eval_grounding(args: argparse.Namespace) -> dict:
+    """Metrics of ``mmtok eval grounding`` per model: ``{name: metrics}`` (``--n`` cases, default 100)."""
+    from ..runtime import pick_device
+    from .grounding_eval import evaluate_grounding
+
+    n = args.n if getattr(args, "n", None) is not None else 100
+    if n < 1:
+        raise InputError(f"--n must be at least 1, got {n}")
+    names = getattr(args, "model", None) or list(GROUNDING_MODELS)
+    if isinstance(names, str):
+        names = [names]
+    device = str(pick_device(getattr(args, "device", None) or "cpu"))
+    overlap = getattr(args, "overlap", None)
+    shape = getattr(args, "shape", None) or (96, 96, 160)
+    return {
+        name: evaluate_grounding(name, n=n, seed=args.seed or 0, device=device,
+                                 overlap=0.5 if overlap is None else overlap, shape=shape,
+                                 progress=not args.json)
+        for name in names
+    }  # fmt: skip
