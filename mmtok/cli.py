@@ -111,13 +111,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _one_model(args: argparse.Namespace, example: str) -> str:
+    if not args.model or len(args.model) != 1:
+        raise MmtokError(f"eval {args.what} needs exactly one --model (e.g. --model {example})")
+    return args.model[0]
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     if args.what == "tokenizer":
         from .eval.tokenizer import evaluate_tokenizer
 
-        if not args.model or len(args.model) != 1:
-            raise MmtokError("eval tokenizer needs exactly one --model (e.g. --model kl-f8-64)")
-        name = args.model[0]
+        name = _one_model(args, "kl-f8-64")
         result = {
             name: evaluate_tokenizer(
                 name,
@@ -131,9 +135,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     elif args.what == "generation":
         from .eval.generation import evaluate_generation
 
-        if not args.model or len(args.model) != 1:
-            raise MmtokError("eval generation needs exactly one --model (e.g. --model xar-shapes64)")
-        name = args.model[0]
+        name = _one_model(args, "xar-shapes64")
         result = {
             name: evaluate_generation(
                 name,
