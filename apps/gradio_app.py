@@ -358,7 +358,7 @@ def build_demo(device: str = "cpu") -> gr.Blocks:
             with gr.Row():
                 with gr.Column():
                     g_model = gr.Dropdown(
-                        generators, value=generators[0] if generators else None, label="model"
+                        generators, value=_default(generators, "xar-digits64"), label="model"
                     )
                     g_prompt = gr.Textbox(
                         label="prompt (text models)", value="a big red circle in the middle"
@@ -370,7 +370,7 @@ def build_demo(device: str = "cpu") -> gr.Blocks:
                     with gr.Row():
                         g_steps = gr.Slider(1, 100, value=20, step=1, label="steps per entity")
                         g_cfg = gr.Slider(0, 10, value=3.0, step=0.5, label="guidance")
-                    g_run = gr.Button("Generate", variant="primary")
+                    g_run = gr.Button("Generate", variant="primary", elem_id="gen-run")
                 with gr.Column():
                     g_gallery = gr.Gallery(label="images", columns=4, format="png", elem_id="gen-gallery")
                     g_info = gr.Markdown(elem_id="gen-info")

@@ -68,3 +68,14 @@ def test_clip_search(page):
     page.get_by_role("tab", name="CLIP").click()
     page.locator("#clip-search").click()
     expect(page.locator("#clip-gallery img").first).to_be_visible(timeout=90_000)
+
+
+def test_generate_digits(page):
+    from playwright.sync_api import expect
+
+    if "xar-digits64" not in app._models("image-generator"):
+        pytest.fail("weights/xar-digits64 is missing")
+    page.get_by_role("tab", name="Generate").click()
+    page.locator("#gen-run").click()
+    expect(page.locator("#gen-info")).to_contain_text("image(s) in", timeout=120_000)
+    expect(page.locator("#gen-gallery img").first).to_be_visible(timeout=10_000)
