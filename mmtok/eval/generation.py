@@ -81,6 +81,7 @@ def evaluate_generation(
 
 def _generate(pipe, conds: list[Any], seed: int, steps: int, cfg: float, batch_size: int) -> torch.Tensor:
     """One image per condition; batches of equal conditions are not needed: the model takes lists."""
+    from ..generation.pipeline import decode
     from ..runtime import autocast
 
     model, out = pipe.model, []
@@ -88,7 +89,7 @@ def _generate(pipe, conds: list[Any], seed: int, steps: int, cfg: float, batch_s
     for i in range(0, len(conds), batch_size):
         with autocast(pipe.device, enabled=pipe.bf16):
             latents = model.sample(conds[i : i + batch_size], steps=steps, cfg=cfg, generator=generator)
-            out.append(pipe.tokenizer.decode(latents.float()).float().clamp(-1, 1))
+            out.append(decode(pipe.tokenizer, latents).float().clamp(-1, 1))
     # What a saved PNG holds: uint8-rounded pixels.
     return ((torch.cat(out) + 1) * 127.5).round().div(127.5).sub(1)
 

@@ -38,6 +38,16 @@ class GenerationResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+def progress_units(model) -> int:
+    """How many ``callback`` calls one batch makes: entities (xAR), stages (ECAR), positions (ELM)."""
+    return int(getattr(model, "seq_len", 0)) if hasattr(model, "bits") else model.entities.num_entities
+
+
+def decode(tokenizer, out: torch.Tensor) -> torch.Tensor:
+    """Images from a generator's output: continuous latents (float) or discrete codes (integers)."""
+    return tokenizer.decode(out.float() if out.is_floating_point() else out)
+
+
 class GenerationPipeline:
     """Load a generator (and its tokenizer) once; generate many times.
 
@@ -105,17 +115,20 @@ class GenerationPipeline:
         seed: int = 0,
         steps: int = 20,
         cfg: float = 3.0,
-        sampler: str = "euler_maruyama",
+        sampler: str | None = None,
         cfg_schedule: str = "linear",
         batch_size: int = 64,
         progress: Callable[[int, int], None] | None = None,
     ) -> GenerationResult:
         """Generate ``n`` images; ``progress(done, total)`` is called after every entity of every batch."""
         cond = self.check(prompt, class_label, n, steps, cfg)
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+            raise InputError(f"the seed must be an integer in 0..2^63-1, got {seed!r}")
         generator = torch.Generator().manual_seed(int(seed))  # on the CPU: same images on any device
         images, start = [], time.perf_counter()
         timings = {"sample": 0.0, "decode": 0.0}
-        E = self.model.entities.num_entities
+        sampler = sampler or getattr(self.model, "default_sampler", "euler_maruyama")
+        E = progress_units(self.model)
         batches = [cond[i : i + batch_size] for i in range(0, n, batch_size)]
         for b, chunk in enumerate(batches):
             done = b * E
@@ -128,7 +141,7 @@ class GenerationPipeline:
                 )  # fmt: skip
             t1 = time.perf_counter()
             with autocast(self.device, enabled=self.bf16):
-                pixels = self.tokenizer.decode(latents.float()).float().clamp(-1, 1).cpu()
+                pixels = decode(self.tokenizer, latents).float().clamp(-1, 1).cpu()
             timings["sample"] += t1 - t0
             timings["decode"] += time.perf_counter() - t1
             images += list(pixels)
