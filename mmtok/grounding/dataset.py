@@ -89,6 +89,7 @@ class GroundingPhantomDataset(Dataset):
         labels: "weak" (default: the weak-labelling pipeline) or "truth" (the phantom's SEG).
         p_target, p_other: probabilities of centring the crop on the named lesion / another lesion.
         augment: intensity augmentation (never spatial flips).
+        coordinates: add the body-coordinate channels (``model.with_coordinates``) before cropping.
         cache: folder for the built cases.
     """
 
@@ -105,6 +106,7 @@ class GroundingPhantomDataset(Dataset):
         p_target: float = 0.5,
         p_other: float = 0.3,
         augment: bool = True,
+        coordinates: bool = False,
         cache: str = "runs/grounding-cache",
     ):
         if split not in SPLIT_SEEDS:
@@ -115,6 +117,7 @@ class GroundingPhantomDataset(Dataset):
         self.shape, self.spacing = tuple(int(s) for s in shape), float(spacing)
         self.patch, self.labels, self.mode = tuple(int(p) for p in patch), labels, mode
         self.p_target, self.p_other = float(p_target), float(p_other)
+        self.coordinates = bool(coordinates)
         self.root = Path(cache) / f"seed{self.seed}-{'x'.join(map(str, self.shape))}-{self.spacing:g}mm"
         self._ensure_cache()
         self.queries: list[tuple[int, int, str]] = []  # (case, label value in its map, text)
@@ -161,6 +164,10 @@ class GroundingPhantomDataset(Dataset):
         arrays = self.load_case(case_i)
         labels = arrays["weak" if self.labels == "weak" else "seg"]
         image = torch.from_numpy(arrays["image"].astype(np.float32))
+        if self.coordinates:
+            from .model import with_coordinates
+
+            image = with_coordinates(image)
         rng = np.random.default_rng([self.seed, index, 17])
         if self.mode == "volume":
             start = np.zeros(3, int)
@@ -174,7 +181,8 @@ class GroundingPhantomDataset(Dataset):
             lab = _plain(crop(torch.from_numpy((labels == value)[None].astype(np.uint8))))
         if self.augment is not None:
             self.augment.set_random_state(seed=int(rng.integers(2**31)))
-            img = _plain(self.augment(img)).float()
+            img = img.float().clone()
+            img[:2] = _plain(self.augment(img[:2])).float()  # SUV and CT only, never the coordinates
         return {"image": img.float().contiguous(), "label": lab.contiguous(), "text": text, "start": start}
 
     def _start(self, labels: np.ndarray, value: int, suv: np.ndarray, rng) -> np.ndarray:

@@ -25,6 +25,7 @@ from ..errors import InputError
 log = logging.getLogger(__name__)
 
 CT_FILL_HU = -1024.0  # value outside the CT field of view after resampling (autoPET's CTres)
+MAX_VOXELS = 600_000_000  # 2.4 GB as float32: far above a whole-body CT (512 x 512 x 1000 = 2.6e8)
 
 
 # ----------------------------------------------------------------------------- NIfTI
@@ -37,7 +38,16 @@ def load_volume(path: str | Path, what: str = "volume") -> nib.Nifti1Image:
         raise InputError(f"{what} file not found: {path}")
     try:
         img = nib.load(str(path))
+        # The header declares the size: refuse absurd ones before a byte of data is allocated.
+        voxels = int(np.prod([int(d) for d in img.shape], dtype=np.float64))
+        if voxels > MAX_VOXELS:
+            raise InputError(
+                f"{what} {path} declares {'x'.join(map(str, img.shape))} = {voxels:.3g} voxels, "
+                f"over the {MAX_VOXELS:.0e} limit"
+            )
         data = np.asanyarray(img.dataobj, dtype=np.float32)
+    except InputError:
+        raise
     except Exception as e:  # nibabel raises several types for non-NIfTI or truncated files
         raise InputError(f"{what} {path} is not a readable NIfTI file ({type(e).__name__}: {e})") from None
     if data.ndim == 4 and data.shape[3] == 1:
@@ -204,11 +214,12 @@ def _same(slices, keyword: str, tag: str):
         raise InputError(f"DICOM PET: contradictory {keyword} ({tag}) across slices: {sorted(values)[:3]}")
 
 
-def read_dicom_series(folder: str | Path) -> list:
-    """The PET (Modality PT) slices of one series in ``folder``; non-DICOM files are ignored."""
+def read_dicom_series(folder: str | Path, modality: str = "PT") -> list:
+    """The slices of one ``modality`` (PT or CT) series in ``folder``; non-DICOM files are ignored."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
+    what = {"PT": "PET", "CT": "CT"}[modality]
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"DICOM folder not found: {folder}")
@@ -218,14 +229,14 @@ def read_dicom_series(folder: str | Path) -> list:
             ds = pydicom.dcmread(str(f))
         except (InvalidDicomError, OSError, ValueError):
             continue
-        if getattr(ds, "Modality", None) == "PT":
+        if getattr(ds, "Modality", None) == modality:
             slices.append(ds)
     if not slices:
-        raise InputError(f"no DICOM PET (Modality PT) files in {folder}")
+        raise InputError(f"no DICOM {what} (Modality {modality}) files in {folder}")
     series = {getattr(s, "SeriesInstanceUID", None) for s in slices}
     if len(series) > 1:
         raise InputError(
-            f"{folder} holds {len(series)} PET series (SeriesInstanceUID); pass one series folder"
+            f"{folder} holds {len(series)} {what} series (SeriesInstanceUID); pass one series folder"
         )
     return slices
 
@@ -422,3 +433,109 @@ def load_pet(path: str | Path) -> tuple[nib.Nifti1Image, SuvInfo | None]:
         img, info = dicom_pet_to_suv(path)
         return img, info
     return load_volume(path, "PET"), None
+
+
+# ----------------------------------------------------------------------------- DICOM CT, uploads
+
+MAX_ZIP_BYTES = 4 * 1024**3  # uncompressed; a whole-body CT series is ~0.5 GB
+MAX_ZIP_FILES = 20000
+
+
+def dicom_ct_to_hu(folder: str | Path) -> nib.Nifti1Image:
+    """One DICOM CT series -> a float32 NIfTI in Hounsfield units (RescaleSlope/Intercept applied)."""
+    slices, affine = _geometry(read_dicom_series(folder, "CT"))
+    planes = []
+    for s in slices:
+        slope = float(getattr(s, "RescaleSlope", 1.0) or 1.0)
+        intercept = float(getattr(s, "RescaleIntercept", 0.0) or 0.0)
+        planes.append((s.pixel_array.astype(np.float32) * slope + intercept).T)
+    return nib.Nifti1Image(np.stack(planes, axis=-1).astype(np.float32), affine)
+
+
+def load_ct(path: str | Path) -> nib.Nifti1Image:
+    """A CT volume in HU: a NIfTI file or a DICOM series folder."""
+    path = Path(path)
+    return dicom_ct_to_hu(path) if path.is_dir() else load_volume(path, "CT")
+
+
+def extract_zip(path: str | Path, dest: str | Path, max_bytes: int = MAX_ZIP_BYTES) -> Path:
+    """Unpack an uploaded zip into ``dest`` safely: no absolute or ``..`` member names, no links, at most
+    ``MAX_ZIP_FILES`` members and ``max_bytes`` actually written (declared sizes can lie)."""
+    import shutil
+    import stat
+    import zipfile
+    from pathlib import PurePosixPath
+
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        with zipfile.ZipFile(path) as z:
+            members = [m for m in z.infolist() if not m.is_dir()]
+            if len(members) > MAX_ZIP_FILES:
+                n = len(members)
+                raise InputError(f"{Path(path).name}: {n} files in the zip (at most {MAX_ZIP_FILES})")
+            written = 0
+            for m in members:
+                name = PurePosixPath(m.filename.replace("\\", "/"))
+                if name.is_absolute() or ".." in name.parts or stat.S_ISLNK(m.external_attr >> 16):
+                    raise InputError(f"{Path(path).name}: unsafe member {m.filename!r} in the zip")
+                target = dest.joinpath(*name.parts)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with z.open(m) as src, open(target, "wb") as out:
+                    while chunk := src.read(1 << 20):
+                        written += len(chunk)
+                        if written > max_bytes:
+                            raise InputError(f"{Path(path).name}: unpacks to more than {max_bytes >> 20} MB")
+                        out.write(chunk)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError) as e:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise InputError(f"{Path(path).name} is not a readable zip file ({type(e).__name__}: {e})") from None
+    except InputError:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise
+    return dest
+
+
+def _nifti_suffix(path: Path) -> str | None:
+    """'.nii' or '.nii.gz' if the file's bytes are a NIfTI-1/2 header (plain or gzipped), else None."""
+    import gzip
+
+    with open(path, "rb") as f:
+        head = f.read(4)
+    try:
+        if head[:2] == b"\x1f\x8b":
+            with gzip.open(path, "rb") as g:
+                head, suffix = g.read(548), ".nii.gz"
+        else:
+            with open(path, "rb") as f:
+                head, suffix = f.read(548), ".nii"
+    except (OSError, EOFError):
+        return None
+    if len(head) >= 348 and head[344:347] in (b"n+1", b"ni1"):
+        return suffix
+    if len(head) >= 540 and head[4:7] in (b"n+2", b"ni2"):
+        return suffix
+    return None
+
+
+def read_upload(path: str | Path, what: str, workdir: str | Path) -> nib.Nifti1Image:
+    """An uploaded PET (-> SUV) or CT (-> HU) volume, recognised by its content whatever its name:
+    a NIfTI (plain or gzipped) or a zip of one DICOM series."""
+    import os
+    import zipfile
+
+    path, workdir = Path(path), Path(workdir)
+    if not path.is_file() or path.stat().st_size == 0:
+        raise InputError(f"{what}: the uploaded file {path.name} is missing or empty")
+    if zipfile.is_zipfile(path):
+        folder = extract_zip(path, workdir / f"{what.lower()}-dicom")
+        return dicom_pet_to_suv(folder)[0] if what == "PET" else dicom_ct_to_hu(folder)
+    suffix = _nifti_suffix(path)
+    if suffix is None:
+        raise InputError(f"{what}: {path.name} is neither a NIfTI volume nor a zip of a DICOM series")
+    if not path.name.lower().endswith(suffix):  # nibabel picks its reader by the name
+        named = workdir / f"{what.lower()}-upload{suffix}"
+        named.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(path.resolve(), named)
+        path = named
+    return load_volume(path, what)

@@ -157,6 +157,30 @@ def normalise(suv: np.ndarray | torch.Tensor, ct: np.ndarray | torch.Tensor) -> 
     return torch.stack([torch.as_tensor(s), torch.as_tensor(c)]).float()
 
 
+def with_coordinates(image: torch.Tensor) -> torch.Tensor:
+    """[2, X, Y, Z] normalised SUV/CT -> [5, X, Y, Z]: plus each voxel's position in the body's bounding
+    box, -1..1 per axis (the 1st-99th percentile of body voxels, SUV > 0.1, so that noise does not move it).
+
+    Why: a sliding-window tile sees 48 voxels of a 96 x 96 x 160 body, often not enough anatomy to tell
+    the left lung from the right or the upper from the lower lobe, yet that is what the sentence says.
+    Body-relative coordinates (not array- or field-of-view-relative) give every tile that context.
+    """
+    body = image[0] > 0.01
+    if not bool(body.any()):
+        body = torch.ones_like(body)
+    grids = []
+    for axis, n in enumerate(image.shape[1:]):
+        profile = body.sum(dim=tuple(a for a in range(3) if a != axis)).double()
+        cdf = profile.cumsum(0) / profile.sum()
+        lo = int(torch.searchsorted(cdf, torch.tensor(0.01, dtype=torch.float64)))
+        hi = int(torch.searchsorted(cdf, torch.tensor(0.99, dtype=torch.float64)))
+        pos = (torch.arange(n, dtype=torch.float32) - lo) / max(hi - lo, 1) * 2 - 1
+        shape = [1, 1, 1]
+        shape[axis] = n
+        grids.append(pos.view(shape).expand(*image.shape[1:]))
+    return torch.cat([image.float(), torch.stack(grids).to(image.device)], dim=0)
+
+
 @register_model
 class ContextualNet3D(MmtokModel):
     """DynUNet (instance norm, residual blocks) with text gates on the decoder levels ``text_levels``.
@@ -172,6 +196,8 @@ class ContextualNet3D(MmtokModel):
         patch: training patch and sliding-window size (voxels).
         spacing_mm: the isotropic grid the model was trained on (inputs are resampled to it).
         spatial_dims: 3 (2 is used by the 2.5D baseline).
+        coordinates: three more input channels, each voxel's position in the body
+            (:func:`with_coordinates`); added to 2-channel inputs by ``probabilities``.
     """
 
     task = "grounding"
@@ -188,6 +214,7 @@ class ContextualNet3D(MmtokModel):
         spacing_mm: float = 4.0,
         max_tokens: int = 64,
         spatial_dims: int = 3,
+        coordinates: bool = False,
     ):
         super().__init__()
         if len(filters) != len(strides) or strides[0] != 1:
@@ -200,9 +227,10 @@ class ContextualNet3D(MmtokModel):
         self.text_levels = tuple(int(v) for v in text_levels)
         self.text_model, self.max_tokens = text_model, max_tokens
         self.patch, self.spacing_mm, self.spatial_dims = tuple(patch), float(spacing_mm), spatial_dims
+        self.coordinates = bool(coordinates)
         self.unet = DynUNet(
             spatial_dims,
-            in_channels=2,
+            in_channels=5 if coordinates else 2,
             out_channels=2,
             kernel_size=[3] * len(filters),
             strides=list(strides),
@@ -283,6 +311,8 @@ class ContextualNet3D(MmtokModel):
         """Foreground probability [Q, *spatial] for each of Q sentences about one ``image`` [2, *spatial]
         (normalised, on the model's grid): a Gaussian-blended sliding window of ``patch``-sized tiles."""
         device = next(self.parameters()).device
+        if self.coordinates and image.shape[0] == 2:
+            image = with_coordinates(image)
         image = image[None].to(device)
         q = len(sentences)
         tokens = mask = None

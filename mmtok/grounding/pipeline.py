@@ -25,7 +25,7 @@ from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
 from scipy import ndimage
 
 from ..errors import InputError
-from .io import CT_FILL_HU, load_pet, load_volume, resample_to_pet, same_grid, save_mask, voxel_volume_ml
+from .io import CT_FILL_HU, load_ct, load_pet, resample_to_pet, same_grid, save_mask, voxel_volume_ml
 
 DEFAULT_MODEL = "contextual3d-phantom"
 MODEL_AXES = ("L", "P", "S")  # the phantom grid the shipped models were trained on
@@ -52,15 +52,13 @@ def _model(name: str, device: str):
 
 
 def load_inputs(pet, ct) -> tuple[nib.Nifti1Image, nib.Nifti1Image, list[str]]:
-    """(PET in SUV, CT on the PET grid, notes). A DICOM PET folder is converted to SUVbw."""
+    """(PET in SUV, CT on the PET grid, notes). DICOM folders: PET is converted to SUVbw, CT to HU."""
     notes: list[str] = []
     pet_img = pet if isinstance(pet, nib.Nifti1Image) else load_pet(pet)[0]
     if ct is None:
         raise InputError("--ct is required: the grounding model reads SUV and CT")
     if not isinstance(ct, nib.Nifti1Image):
-        if Path(ct).is_dir():
-            raise InputError(f"CT {ct} is a folder: convert the CT series to NIfTI first (e.g. dcm2niix)")
-        ct = load_volume(ct, "CT")
+        ct = load_ct(ct)  # a NIfTI file or a DICOM CT series folder
     if not same_grid(pet_img, ct):
         ct = resample_to_pet(ct, pet_img)
         notes.append("CT resampled onto the PET grid")
@@ -104,6 +102,10 @@ def ground(
     start = time.perf_counter()
     if not isinstance(text, str) or not text.strip():
         raise InputError("--text is empty: give the report sentence that describes the lesion")
+    try:  # undecodable bytes arrive as lone surrogates, which the text encoder's tokenizer rejects
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError("--text is not valid UTF-8 text") from None
     if len(text) > MAX_TEXT_CHARS:
         raise InputError(f"--text is {len(text)} characters; give one sentence (at most {MAX_TEXT_CHARS})")
     if not 0.0 <= overlap < 1.0 or not 0.0 < threshold < 1.0:

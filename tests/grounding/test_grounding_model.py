@@ -154,3 +154,24 @@ def test_postprocess_keeps_the_best_component_and_zeros_low_suv():
     assert mask[12:15, 12:15, 12:15].sum() == 26 and not mask[2:6, 2:6, 2:6].any()
     assert not mask[13, 13, 13]
     assert not postprocess(np.zeros_like(prob), suv).any()
+
+
+def test_body_coordinates_follow_the_body_not_the_array():
+    from mmtok.grounding.model import with_coordinates
+
+    image = torch.zeros(2, 30, 20, 40)
+    image[0, 10:20, 5:15, 8:32] = 0.2  # the body: SUV 2 in a box
+    c = with_coordinates(image)
+    assert c.shape == (5, 30, 20, 40) and torch.equal(c[:2], image)
+    # -1 and +1 at the body's edges on every axis, whatever the margins of the array are
+    for ch, (lo, hi) in zip((2, 3, 4), ((10, 19), (5, 14), (8, 31)), strict=True):
+        vals = c[ch].movedim(ch - 2, 0)[:, 0, 0]
+        assert vals[lo] == pytest.approx(-1) and vals[hi] == pytest.approx(1, abs=0.02)
+        assert torch.all(vals.diff() > 0)
+    shifted = torch.roll(image, shifts=5, dims=3)  # the same body further along the table
+    c2 = with_coordinates(shifted)
+    assert torch.allclose(torch.roll(c[4], shifts=5, dims=2)[:, :, 13:], c2[4][:, :, 13:])
+    model = _tiny(coordinates=True, patch=(16, 16, 16))
+    assert model.unet.input_block.conv1.conv.in_channels == 5
+    p = model.probabilities(image[:, :16, :16, :32], [A])  # 2-channel input: coordinates added inside
+    assert p.shape == (1, 16, 16, 32)
