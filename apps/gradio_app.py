@@ -25,6 +25,10 @@ CLIP_TASK = "clip"
 DEFAULT_LABELS = "a red circle\na blue square\na green star\na handwritten digit seven"
 MAX_UPLOAD = "300mb"  # a whole-body PET or CT NIfTI at 4 mm is ~10 MB; DICOM series are larger
 DEVICE = {"name": "cpu"}
+# Model-bound events share one queue (one worker): a CPU runs one model call at a time well, and two
+# at once only thrash. Viewer events (slider, dropdowns) stay outside it so they never wait on a model.
+MODELS = "models"
+MAX_QUEUE = 64  # requests waiting beyond this are refused at once rather than piling up
 
 
 def _models(task: str) -> list[str]:
@@ -61,10 +65,14 @@ def generate(model, prompt, class_label, n, seed, steps, cfg, progress=gr.Progre
     try:
         pipe = _generator(model)
         text = prompt if pipe.condition == "text" else None
-        label = int(class_label) if pipe.condition == "class" else None
+        try:  # a cleared number field arrives as None
+            label = int(class_label) if pipe.condition == "class" else None
+            n, seed, steps, cfg = int(n), int(seed), int(steps), float(cfg)
+        except (TypeError, ValueError, OverflowError):
+            raise gr.Error("Class, images, seed, steps and guidance must be numbers.") from None
         progress(0, desc="generating")
         result = pipe(
-            prompt=text, class_label=label, n=int(n), seed=int(seed), steps=int(steps), cfg=float(cfg),
+            prompt=text, class_label=label, n=n, seed=seed, steps=steps, cfg=cfg,
             progress=lambda done, total: progress(done / total, desc=f"entity {done}/{total}"),
         )  # fmt: skip
         manifest = GenerationPipeline.save(result, _workdir())
@@ -194,25 +202,47 @@ def load_sample(seed):
         report,
         *_viewer_updates(state),
         f"Sample phantom (seed {int(seed)}) loaded: {folder.name}",
+        _sentence_choices(report),
     )
 
 
 def load_upload(pet_file, ct_file, report):
+    """PET and CT uploads, recognised by content: NIfTI (any name, plain or gzipped) or a zip of one
+    DICOM series (PET -> SUVbw, CT -> HU). A CT on another grid is resampled onto the PET grid."""
+    from mmtok.grounding.io import read_upload, resample_to_pet, same_grid, save_volume
+
     if not pet_file:
-        raise gr.Error("Upload a PET (SUV) NIfTI, or load a sample phantom.")
+        raise gr.Error("Upload a PET (SUV) NIfTI or a zipped DICOM PET series, or load a sample phantom.")
+    work, notes = _workdir(), []
     try:
-        state = _case_state(_path(pet_file), _path(ct_file) if ct_file else None, report or "")
+        pet = read_upload(_file(pet_file), "PET", work)
+        pet_path = save_volume(np.asarray(pet.dataobj, np.float32), pet, work / "SUV.nii.gz")
+        ct_path = None
+        if ct_file:
+            ct = read_upload(_file(ct_file), "CT", work)
+            if not same_grid(pet, ct):
+                ct, _ = resample_to_pet(ct, pet), notes.append("CT resampled onto the PET grid")
+            ct_path = save_volume(np.asarray(ct.dataobj, np.float32), pet, work / "CTres.nii.gz")
+        state = _case_state(str(pet_path), str(ct_path) if ct_path else None, report or "")
     except MmtokError as e:
         raise _error(e) from None
-    return (state, report or "", *_viewer_updates(state), "Volumes loaded.")
+    msg = "Volumes loaded" + (f" ({'; '.join(notes)})" if notes else "") + "."
+    return (state, report or "", *_viewer_updates(state), msg, _sentence_choices(report or ""))
 
 
-def _path(f) -> str:
-    name = f if isinstance(f, str) else getattr(f, "name", str(f))
-    lower = name.lower()
-    if not (lower.endswith(".nii") or lower.endswith(".nii.gz")):
-        raise MmtokError(f"{Path(name).name}: expected a NIfTI file (.nii or .nii.gz)")
-    return name
+def _file(f) -> str:
+    return str(f) if isinstance(f, str | Path) else getattr(f, "name", str(f))
+
+
+def _sentence_choices(report: str):
+    """The report's finding sentences (those with an SUV and a slice), to pick one for grounding."""
+    from mmtok.grounding.reports import parse_report
+
+    try:
+        sentences = [f.sentence for f in parse_report(report)] if report.strip() else []
+    except MmtokError:
+        sentences = []
+    return gr.Dropdown(choices=list(dict.fromkeys(sentences)), value=None)
 
 
 def _viewer_updates(state):
@@ -341,13 +371,44 @@ def show_finding(state, choice):
     return state, gr.Slider(value=peak), *render(state, peak), nii
 
 
+def ground_sentence(state, sentence, model, index):
+    """The lesion one sentence describes (ConTEXTual Net): mask, slider at its peak, NIfTI, summary."""
+    from mmtok.grounding.io import axial_axis, load_volume
+    from mmtok.grounding.pipeline import ground
+
+    if not state:
+        raise gr.Error("Load a case first (sample phantom or upload).")
+    if not model:
+        raise gr.Error("No grounding model: train one (mmtok train configs/contextual3d-phantom.yaml).")
+    if not state.get("ct"):
+        raise gr.Error("Grounding reads SUV and CT: upload the CT as well.")
+    try:
+        result = ground(state["pet"], state["ct"], sentence or "", model=model, device=DEVICE["name"])
+    except MmtokError as e:
+        raise _error(e) from None
+    state, nii = _store_mask(state, result.mask)
+    info = result.info
+    if info["peak_voxel"] is not None:
+        axis, _ = axial_axis(load_volume(state["pet"], "PET").affine)
+        index = int(info["peak_voxel"][axis])
+        text = (f"**{info['voxels']} voxels**, {info['volume_ml']:.1f} mL, peak SUV {info['peak_suv']:.2f} "
+                f"at voxel {tuple(info['peak_voxel'])} — {info['seconds']:.1f} s ({model})")  # fmt: skip
+    else:
+        text = f"No lesion found for this sentence ({model}, {info['seconds']:.1f} s)."
+    return state, gr.Slider(value=index), *render(state, index), nii, text
+
+
+def _pick_sentence(choice):
+    return choice.split(": ", 1)[1] if choice and ": " in choice[:6] else (choice or "")
+
+
 # ----------------------------------------------------------------------------- the app
 
 
 def build_demo(device: str = "cpu") -> gr.Blocks:
     DEVICE["name"] = device
     generators, tokenizers = _models("image-generator"), _models("image-tokenizer")
-    clips = _models(CLIP_TASK)
+    clips, groundings = _models(CLIP_TASK), _models("grounding")
     with gr.Blocks(title="mmtok", delete_cache=(3600, 3600)) as demo:
         gr.Markdown(
             "# mmtok\nMultimodal generation and grounding on shared tokenizers — runs offline on a CPU."
@@ -375,7 +436,10 @@ def build_demo(device: str = "cpu") -> gr.Blocks:
                     g_gallery = gr.Gallery(label="images", columns=4, format="png", elem_id="gen-gallery")
                     g_info = gr.Markdown(elem_id="gen-info")
             g_run.click(
-                generate, [g_model, g_prompt, g_class, g_n, g_seed, g_steps, g_cfg], [g_gallery, g_info]
+                generate,
+                [g_model, g_prompt, g_class, g_n, g_seed, g_steps, g_cfg],
+                [g_gallery, g_info],
+                concurrency_id=MODELS,
             )
 
         with gr.Tab("Tokenize"):
@@ -392,7 +456,7 @@ def build_demo(device: str = "cpu") -> gr.Blocks:
                         t_rec = gr.Image(label="reconstruction", format="png")
                     t_info = gr.Markdown(elem_id="tok-info")
                     t_grid = gr.Image(label="code grid (binary tokenizers)", format="png")
-            t_run.click(tokenize, [t_image, t_model], [t_orig, t_rec, t_info, t_grid])
+            t_run.click(tokenize, [t_image, t_model], [t_orig, t_rec, t_info, t_grid], concurrency_id=MODELS)
 
         with gr.Tab("CLIP"):
             c_model = gr.Dropdown(clips, value=_default(clips, "lightclip-shapes64"), label="model")
@@ -413,8 +477,8 @@ def build_demo(device: str = "cpu") -> gr.Blocks:
             c_gallery = gr.Gallery(
                 label="best matches (score)", columns=6, format="png", elem_id="clip-gallery"
             )
-            c_run.click(clip_classify, [c_image, c_labels, c_model], [c_plot, c_best])
-            c_search.click(clip_search, [c_text, c_model, c_top], [c_gallery])
+            c_run.click(clip_classify, [c_image, c_labels, c_model], [c_plot, c_best], concurrency_id=MODELS)
+            c_search.click(clip_search, [c_text, c_model, c_top], [c_gallery], concurrency_id=MODELS)
 
         with gr.Tab("PET/CT"):
             state = gr.State(None)
@@ -422,9 +486,10 @@ def build_demo(device: str = "cpu") -> gr.Blocks:
                 with gr.Column(scale=1):
                     p_seed = gr.Number(label="phantom seed", value=0, precision=0)
                     p_sample = gr.Button("Load a sample phantom", elem_id="pet-sample")
-                    p_pet = gr.File(label="PET (SUV) NIfTI", file_types=[".nii", ".gz"], type="filepath")
-                    p_ct = gr.File(label="CT NIfTI on the PET grid (optional)", file_types=[".nii", ".gz"],
-                                   type="filepath")  # fmt: skip
+                    p_pet = gr.File(label="PET: SUV NIfTI or zipped DICOM series", type="filepath",
+                                    elem_id="pet-upload")  # fmt: skip
+                    p_ct = gr.File(label="CT: NIfTI or zipped DICOM series (optional)", type="filepath",
+                                   elem_id="ct-upload")  # fmt: skip
                     p_load = gr.Button("Load uploads")
                     p_report = gr.Textbox(label="report", lines=8, elem_id="pet-report")
                     p_label = gr.Button("Weak-label the report", variant="primary", elem_id="pet-weaklabel")
@@ -439,14 +504,35 @@ def build_demo(device: str = "cpu") -> gr.Blocks:
                         label="findings", elem_id="pet-findings", wrap=True,
                     )  # fmt: skip
                     p_finding = gr.Dropdown([], label="show one finding")
+                    with gr.Group():
+                        p_pick = gr.Dropdown([], label="pick a report sentence", elem_id="ground-pick")
+                        p_sentence = gr.Textbox(
+                            label="or type a sentence to ground",
+                            elem_id="ground-text",
+                            placeholder="e.g. Hypermetabolic left axillary node.",
+                        )
+                        with gr.Row():
+                            g_default = _default(groundings, "contextual3d-phantom")
+                            p_gmodel = gr.Dropdown(groundings, value=g_default, label="grounding model")
+                            p_ground = gr.Button("Ground it", variant="primary", elem_id="ground-run")
+                        p_ginfo = gr.Markdown(elem_id="ground-info")
                     p_mask = gr.File(label="mask (NIfTI, PET grid)")
-            outs = [state, p_report, p_slice, p_axial, p_coronal, p_status]
+            outs = [state, p_report, p_slice, p_axial, p_coronal, p_status, p_pick]
             p_sample.click(load_sample, [p_seed], outs)
             p_load.click(load_upload, [p_pet, p_ct, p_report], outs)
             p_slice.release(render, [state, p_slice], [p_axial, p_coronal])
             p_label.click(_weaklabel_and_render, [state, p_report, p_slice],
-                          [state, p_table, p_finding, p_mask, p_axial, p_coronal])  # fmt: skip
+                          [state, p_table, p_finding, p_mask, p_axial, p_coronal],
+                          concurrency_id=MODELS, api_name="weaklabel")  # fmt: skip
             p_finding.change(show_finding, [state, p_finding], [state, p_slice, p_axial, p_coronal, p_mask])
+            p_finding.change(_pick_sentence, [p_finding], [p_sentence], api_visibility="private")
+            p_pick.change(_pick_sentence, [p_pick], [p_sentence], api_visibility="private")
+            p_ground.click(
+                ground_sentence,
+                [state, p_sentence, p_gmodel, p_slice],
+                [state, p_slice, p_axial, p_coronal, p_mask, p_ginfo],
+                concurrency_id=MODELS,
+            )
     return demo
 
 
@@ -459,7 +545,7 @@ def _weaklabel_and_render(state, report, index):
 def launch(host: str = "127.0.0.1", port: int = 7860, device: str = "cpu", **kwargs):
     """Serve the UI; binds to localhost by default and limits upload size."""
     demo = build_demo(device)
-    demo.queue(default_concurrency_limit=1)
+    demo.queue(default_concurrency_limit=1, max_size=MAX_QUEUE)
     return demo.launch(server_name=host, server_port=port, max_file_size=MAX_UPLOAD, share=False,
                        enable_monitoring=False, **kwargs)  # fmt: skip
 

@@ -76,26 +76,29 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .generation.pipeline import GenerationPipeline
 
     pipe = GenerationPipeline(args.model, device=args.device)
-    progress = None
+    progress, bars = None, []
     if not args.json:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=1, desc="generating", unit="entity", leave=False)
-
         def progress(done: int, total: int) -> None:
-            bar.total = total
-            bar.n = done
-            bar.refresh()
+            if not bars:  # made at the first entity: a refused setting leaves no bar behind its error
+                bars.append(tqdm(total=total, desc="generating", unit="entity", leave=False))
+            bars[0].total = total
+            bars[0].n = done
+            bars[0].refresh()
 
-    result = pipe(
-        prompt=args.prompt, class_label=args.class_label, n=args.n, seed=args.seed, steps=args.steps,
-        cfg=args.cfg, sampler=args.sampler, progress=progress,
-    )  # fmt: skip
+    try:
+        result = pipe(
+            prompt=args.prompt, class_label=args.class_label, n=args.n, seed=args.seed, steps=args.steps,
+            cfg=args.cfg, sampler=args.sampler, progress=progress,
+        )  # fmt: skip
+    finally:
+        for bar in bars:
+            bar.close()
     manifest = GenerationPipeline.save(result, args.out)
     if args.json:
         _print_json(manifest)
     else:
-        bar.close()
         print(f"{len(result.images)} images in {result.seconds:.2f} s -> {args.out}/ (manifest.json)")
     return 0
 
@@ -107,7 +110,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise MmtokError(f"the web UI is not installed with this copy of mmtok: {e}") from e
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"mmtok serve: listening on {args.host}: anyone reaching it can use the UI", file=sys.stderr)
-    launch(host=args.host, port=args.port, device=args.device)
+    from .runtime import pick_device
+
+    launch(host=args.host, port=args.port, device=str(pick_device(args.device)))
     return 0
 
 
@@ -160,6 +165,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from .grounding.cli import eval_weaklabel
 
         result = {"weaklabel": eval_weaklabel(args)}
+    elif args.what == "compress":
+        from .compression.cli import eval_compress
+
+        result = eval_compress(args)
     elif args.what == "judge":
         from .eval.judge import evaluate_judges
 
@@ -225,7 +234,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=20, help="flow steps per entity (default 20)")
     p.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale (default 3)")
-    p.add_argument("--sampler", choices=["euler_maruyama", "euler"], default="euler_maruyama")
+    p.add_argument(
+        "--sampler",
+        choices=["euler_maruyama", "euler"],
+        default=None,
+        help="flow sampler (default: the model's own: euler_maruyama for xAR/DiT, euler for ECAR)",
+    )
     p.add_argument("--out", default="generated", help="output folder (default: generated/)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
@@ -242,11 +256,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="the web UI on the shipped weights (http://127.0.0.1:7860)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: this machine only)")
     p.add_argument("--port", type=int, default=7860)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda, cuda:N or mps")
     p.set_defaults(handler=cmd_serve)
 
     p = sub.add_parser("eval", help="measure a shipped model")
-    p.add_argument("what", choices=["judge", "tokenizer", "generation", "weaklabel"], help="what to evaluate")
+    p.add_argument(
+        "what", choices=["judge", "tokenizer", "generation", "weaklabel", "compress"], help="what to evaluate"
+    )
     p.add_argument("--model", action="append", default=None, help="model name (repeatable; default: all)")
     p.add_argument(
         "--n",
@@ -263,15 +279,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.set_defaults(handler=cmd_eval)
 
+    from .batch import add_commands as add_batch_commands  # batch (JSONL / CSV / folder, by rank)
     from .clip.cli import add_commands as add_clip_commands  # clip classify / clip search
+    from .compression.cli import add_commands as add_compress_commands  # compress (keep-map)
     from .grounding.cli import add_commands as add_grounding_commands  # phantom, weaklabel, suv
 
     add_clip_commands(sub)
+    add_compress_commands(sub)
     add_grounding_commands(sub)
+    add_batch_commands(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    for i, arg in enumerate(argv):  # undecodable bytes reach Python as lone surrogates
+        try:
+            str(arg).encode("utf-8")
+        except UnicodeEncodeError:
+            print(f"mmtok: error: argument {i + 1} is not valid UTF-8 text", file=sys.stderr)
+            return 2
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "handler", None) is None:

@@ -39,8 +39,9 @@ def test_tokenize_tab(scene_png, tmp_path):
 
 
 def test_petct_tab_sample_weaklabel_and_viewer():
-    state, report, slider, axial, coronal, status = app.load_sample(0)
+    state, report, slider, axial, coronal, status, picks = app.load_sample(0)
     assert "SUVmax" in report and "loaded" in status
+    assert picks.choices and all(str(c[0] if isinstance(c, tuple) else c) in report for c in picks.choices)
     n_axial = state["shape"][2]
     assert axial.shape == (96, 96, 3) and coronal.shape == (n_axial, 96, 3)
     state, rows, dropdown, mask_file = app.weaklabel(state, report)
@@ -61,10 +62,79 @@ def test_petct_tab_sample_weaklabel_and_viewer():
 def test_petct_upload_is_validated_by_content(tmp_path):
     fake = tmp_path / "pet.nii.gz"
     fake.write_bytes(b"\x00" * 100)
-    with pytest.raises(gr.Error):
+    with pytest.raises(gr.Error, match="neither a NIfTI volume nor a zip"):
         app.load_upload(str(fake), None, "")
-    with pytest.raises(gr.Error, match="NIfTI"):
+    with pytest.raises(gr.Error, match="missing or empty"):
         app.load_upload(str(tmp_path / "pet.png"), None, "")
+
+
+def _case(tmp_path):
+    from mmtok.grounding.phantom import make_case, write_case
+
+    return write_case(make_case(3, 0, shape=(32, 32, 48), spacing=(8.0,) * 3), tmp_path / "case")
+
+
+def test_petct_upload_any_name_zipped_dicom_and_ct_on_another_grid(tmp_path):
+    import shutil
+    import zipfile
+
+    import nibabel as nib
+
+    from mmtok.grounding.io import resample_to_pet
+
+    case = _case(tmp_path)
+    renamed = shutil.copy(case / "SUV.nii.gz", tmp_path / "pet-upload.bin")  # the content decides
+    ct = nib.load(case / "CTres.nii.gz")
+    aff = ct.affine.copy()
+    aff[:3, :3] *= 2.0  # a coarser CT grid: resampled onto the PET grid, not refused
+    coarse = nib.Nifti1Image(np.asarray(ct.dataobj)[::2, ::2, ::2].astype(np.float32), aff)
+    nib.save(coarse, tmp_path / "ct.nii.gz")
+    state, report, slider, axial, coronal, status, picks = app.load_upload(
+        renamed, str(tmp_path / "ct.nii.gz"), (case / "report.txt").read_text()
+    )
+    assert "resampled" in status and state["shape"] == (32, 32, 48) and picks.choices
+    resampled = np.asarray(nib.load(state["ct"]).dataobj)
+    want = np.asarray(resample_to_pet(coarse, nib.load(case / "SUV.nii.gz")).dataobj)
+    np.testing.assert_allclose(resampled, want, atol=1e-3)
+    # A zipped DICOM series that is not a PET series is one clear message.
+    z = tmp_path / "series.zip"
+    with zipfile.ZipFile(z, "w") as f:
+        f.writestr("series/readme.txt", "no DICOM here")
+    with pytest.raises(gr.Error, match="no DICOM PET"):
+        app.load_upload(str(z), None, "")
+
+
+def test_petct_grounding_a_sentence(tmp_path):
+    import nibabel as nib
+    import torch
+
+    from mmtok import hub
+    from mmtok.grounding.model import ContextualNet3D
+
+    torch.manual_seed(0)
+    net = ContextualNet3D(filters=(8, 16, 24), strides=(1, 2, 2), patch=(32, 32, 32), spacing_mm=8.0)
+    with torch.no_grad():  # an untrained net biased to foreground, so that the mask is not empty
+        net.unet.output_block.conv.conv.bias.copy_(torch.tensor([-1.0, 1.0]))
+    model = str(hub.save(net, tmp_path / "tiny-ground"))
+    case = _case(tmp_path)
+    state, report, *_, picks = app.load_upload(
+        str(case / "SUV.nii.gz"), str(case / "CTres.nii.gz"), (case / "report.txt").read_text()
+    )
+    choice = picks.choices[0][0] if isinstance(picks.choices[0], tuple) else picks.choices[0]
+    sentence = app._pick_sentence(choice)
+    assert sentence == choice and sentence in report
+    state, slider, axial, coronal, nii, info = app.ground_sentence(state, sentence, model, 10)
+    mask = np.asarray(nib.load(nii).dataobj) > 0
+    assert mask.shape == (32, 32, 48) and mask.sum() > 0 and "voxels" in info and "peak SUV" in info
+    assert slider.value == int(np.argwhere(mask)[:, 2].min()) or 0 <= slider.value < 48
+    assert (axial[..., 1] > axial[..., 0] + 60).any() or (coronal[..., 1] > coronal[..., 0] + 60).any()
+    assert app._pick_sentence("2: Left axillary node.") == "Left axillary node."
+    with pytest.raises(gr.Error, match="empty"):
+        app.ground_sentence(state, "  ", model, 10)
+    with pytest.raises(gr.Error, match="CT"):
+        app.ground_sentence(dict(state, ct=None), sentence, model, 10)
+    with pytest.raises(gr.Error, match="No grounding model"):
+        app.ground_sentence(state, sentence, None, 10)
 
 
 def test_generate_without_a_generator_is_a_message():
