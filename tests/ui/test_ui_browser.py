@@ -1,6 +1,10 @@
-"""The web UI in a real browser (Debian chromium driven by Playwright): PET/CT and Tokenize tabs."""
+"""The web UI in a real browser (Debian chromium driven by Playwright): every tab, with a screenshot of
+each (under ``$MMTOK_UI_SCREENSHOTS`` when set -- how ``docs/img/ui-*.png`` are made -- else a temp
+folder)."""
 
+import os
 import re
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -29,18 +33,31 @@ def served():
 
 
 @pytest.fixture(scope="module")
+def shots(tmp_path_factory) -> Path:
+    folder = Path(os.environ.get("MMTOK_UI_SCREENSHOTS") or tmp_path_factory.mktemp("screenshots"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _shot(page, shots: Path, name: str) -> None:
+    path = shots / f"ui-{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    assert path.stat().st_size > 10_000  # a rendered page, not a blank one
+
+
+@pytest.fixture(scope="module")
 def page(served):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
-        page = browser.new_page()
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.goto(served)
         yield page
         browser.close()
 
 
-def test_petct_sample_and_weak_labels(page):
+def test_petct_sample_and_weak_labels(page, shots):
     from playwright.sync_api import expect
 
     page.get_by_role("tab", name="PET/CT").click()
@@ -49,9 +66,10 @@ def test_petct_sample_and_weak_labels(page):
     expect(page.locator("#pet-report textarea")).to_have_value(re.compile("SUV"), timeout=10_000)
     page.locator("#pet-weaklabel").click()
     expect(page.locator("#pet-findings")).to_contain_text("located", timeout=60_000)
+    _shot(page, shots, "petct")
 
 
-def test_tokenize_upload(page, tmp_path):
+def test_tokenize_upload(page, tmp_path, shots):
     from playwright.sync_api import expect
 
     path = tmp_path / "scene.png"
@@ -60,17 +78,19 @@ def test_tokenize_upload(page, tmp_path):
     page.locator("#tok-input input[type=file]").set_input_files(str(path))
     page.get_by_role("button", name="Tokenize", exact=True).click()
     expect(page.locator("#tok-info")).to_contain_text("PSNR", timeout=60_000)
+    _shot(page, shots, "tokenize")
 
 
-def test_clip_search(page):
+def test_clip_search(page, shots):
     from playwright.sync_api import expect
 
     page.get_by_role("tab", name="CLIP").click()
     page.locator("#clip-search").click()
     expect(page.locator("#clip-gallery img").first).to_be_visible(timeout=90_000)
+    _shot(page, shots, "clip")
 
 
-def test_generate_digits(page):
+def test_generate_digits(page, shots):
     from playwright.sync_api import expect
 
     if "xar-digits64" not in app._models("image-generator"):
@@ -79,3 +99,4 @@ def test_generate_digits(page):
     page.locator("#gen-run").click()
     expect(page.locator("#gen-info")).to_contain_text("image(s) in", timeout=120_000)
     expect(page.locator("#gen-gallery img").first).to_be_visible(timeout=10_000)
+    _shot(page, shots, "generate")
