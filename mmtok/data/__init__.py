@@ -18,6 +18,7 @@ from torch.utils.data import Dataset
 
 from ..errors import ConfigError, InputError
 from .digits import DigitsDataset
+from .imagefolder import ImageFolderDataset
 from .mixture import MixtureDataset
 from .photos import PhotosDataset
 from .shapes import Scene, SceneObject, ShapesDataset
@@ -25,6 +26,7 @@ from .shapes import Scene, SceneObject, ShapesDataset
 DATASETS: dict[str, type[Dataset]] = {
     "shapes": ShapesDataset,
     "digits": DigitsDataset,
+    "imagefolder": ImageFolderDataset,
     "photos": PhotosDataset,
     "mixture": MixtureDataset,
 }
@@ -69,6 +71,7 @@ def from_uint8(array) -> torch.Tensor:
 __all__ = [
     "DATASETS",
     "DigitsDataset",
+    "ImageFolderDataset",
     "MixtureDataset",
     "PhotosDataset",
     "Scene",

@@ -42,21 +42,38 @@ def read_image(path: str | os.PathLike, max_side: int = MAX_SIDE) -> torch.Tenso
                         f"{path}: {image.size[0]}x{image.size[1]} image exceeds {max_side} pixels a side"
                     )
                 image.load()  # decodes everything: a truncated file fails here
-                rgb = image.convert("RGB")
+                rgb = _to_rgb(image)
     except InputError:
         raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise InputError(
+            f"{path}: image of too many pixels, refused as a possible decompression bomb ({e})"
+        ) from e
     except UnidentifiedImageError as e:
         raise InputError(f"{path}: not an image file (PNG, JPEG, BMP, TIFF, WebP, ...)") from e
     except (
         OSError,
         SyntaxError,
         ValueError,
-        Image.DecompressionBombError,
-        Image.DecompressionBombWarning,
     ) as e:
         raise InputError(f"{path}: unreadable or truncated image ({e})") from e
     pixels = torch.from_numpy(np.asarray(rgb, dtype=np.uint8).copy()).permute(2, 0, 1).float()
     return pixels / 127.5 - 1.0
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """RGB of any mode. 16-bit and float greys are rescaled to 8 bits (PIL's convert would clip them to
+    white); palettes, grey and alpha go through PIL (alpha is dropped)."""
+    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+        array = np.asarray(image, dtype=np.float64)
+        if image.mode == "F":
+            lo, hi = float(np.nanmin(array)), float(np.nanmax(array))
+            array = (array - lo) / (hi - lo) * 255 if hi > lo else np.zeros_like(array)
+        else:  # integer greys: 16-bit range when any value is above 255
+            array = array / 257.0 if array.max() > 255 else array
+        grey = Image.fromarray(np.nan_to_num(array).clip(0, 255).round().astype(np.uint8), "L")
+        return grey.convert("RGB")
+    return image.convert("RGB")
 
 
 def write_png(image: torch.Tensor, path: str | os.PathLike) -> Path:
@@ -64,8 +81,13 @@ def write_png(image: torch.Tensor, path: str | os.PathLike) -> Path:
     from . import to_uint8
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(to_uint8(image)).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(to_uint8(image)).save(tmp, format="PNG")
+        os.replace(tmp, path)
+    except OSError as e:  # unwritable folder, a file in the way, a full disk: one line, no half file
+        if tmp.parent.is_dir():
+            tmp.unlink(missing_ok=True)
+        raise InputError(f"cannot write {path}: {e.strerror or e}") from None
     return path

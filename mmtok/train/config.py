@@ -22,6 +22,7 @@ from ..errors import ConfigError
 MIXED_PRECISION = ("bf16", "no")
 SCHEDULES = ("cosine", "linear", "constant")
 EXPORT_DTYPES = ("bf16", "fp16", "fp32")
+STRATEGIES = ("ddp", "fsdp")
 
 
 class _Bad(Exception):
@@ -197,6 +198,9 @@ class TrainConfig:
     ckpt_every: int = _spec(*COUNT, default=500)  # 0: only the final checkpoint
     keep_last: int = _spec(*POSITIVE_INT, default=2)
     threads: int = _spec(*COUNT, default=0)  # torch intra-op threads per process (0: torch's default)
+    # ddp: every rank holds the whole model; fsdp: parameters, gradients and optimizer state sharded
+    # over the ranks (FSDP2 fully_shard per block) -- for models that do not fit one device.
+    strategy: str = _spec(*_one_of(STRATEGIES), default="ddp")
 
 
 @dataclass
@@ -277,9 +281,11 @@ def load_config(path: str | Path) -> Config:
     """Read and validate a YAML training config; ``ConfigError`` (one line) on any problem."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(f"{path}: cannot read the config ({e.strerror or e})") from e
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text (a config is YAML)") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:

@@ -20,6 +20,7 @@ EMA model as bf16 safetensors with a README (command, config, hardware, metrics)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -37,7 +38,7 @@ import yaml
 from torch import nn
 
 from .. import hub
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, MmtokError
 from ..runtime import pick_device, seed_everything
 from .checkpoint import (
     checkpoint_path,
@@ -167,9 +168,11 @@ class Trainer:
         self.is_main = self.accelerator.is_main_process
         seed_everything(cfg.train.seed)  # same initial weights on every rank
         self.model = _build_model(cfg)
-        self.dataset = _build_data(cfg.data, "data")
-        # Built now, not at the first evaluation: a bad eval section must fail before training.
-        self.eval_dataset = _build_data(cfg.eval, "eval") if cfg.eval is not None else None
+        # Rank 0 first: a dataset that builds a cache (latents) encodes once; the other ranks open it.
+        with self.accelerator.main_process_first():
+            self.dataset = _build_data(cfg.data, "data")
+            # Built now, not at the first evaluation: a bad eval section must fail before training.
+            self.eval_dataset = _build_data(cfg.eval, "eval") if cfg.eval is not None else None
 
     # -- public -------------------------------------------------------------------------------
 
@@ -177,21 +180,47 @@ class Trainer:
         """Train to ``optim.max_steps`` (from a checkpoint path or "latest" when ``resume``), evaluate,
         export on rank 0, and return a JSON-able summary."""
         cfg, acc = self.cfg, self.accelerator
+        # FSDP (train.strategy: fsdp) shards parameters, gradients and optimizer state over the ranks;
+        # with one process there is nothing to shard and the plain path runs.
+        self.fsdp = cfg.train.strategy == "fsdp" and acc.num_processes > 1
         state = self._resume_state(resume)
         if state is not None:
+            written = state.get("strategy", "ddp")
+            if written != ("fsdp" if self.fsdp else "ddp"):
+                raise CheckpointError(
+                    f"{state['_path']}: written by a {written} run; resume it with that strategy"
+                )
             try:
                 self.model.load_state_dict(state["model"])
             except RuntimeError as e:
                 raise CheckpointError(f"{state['_path']}: weights do not match the model: {e}") from e
-        optimizer, scheduler = self._optimizer()
-        wrapped, optimizer = acc.prepare(_TrainStep(self.model), optimizer)
-        ema = self.ema = self._make_ema()  # after prepare: the copy lives where the model now lives
+        if self.fsdp:  # EMA copy made and loaded whole, then model and copy sharded alike
+            self.model.to(acc.device)
+            ema = self.ema = self._make_ema()
+            if ema is not None and state is not None and state.get("ema") is not None:
+                ema.load_state_dict(state["ema"])
+            wrapped = self._wrapped = _fsdp_shard(_TrainStep(self.model), acc.device.type)
+            if ema is not None:
+                _fsdp_shard(ema.module, acc.device.type)
+            optimizer, scheduler = self._optimizer()  # over the sharded parameters
+            optimizer = acc.prepare(optimizer)
+        else:
+            optimizer, scheduler = self._optimizer()
+            wrapped, optimizer = acc.prepare(_TrainStep(self.model), optimizer)
+            ema = self.ema = self._make_ema()  # after prepare: the copy lives where the model now lives
 
         start, seconds_before = 0, 0.0
         if state is not None:
-            optimizer.load_state_dict(state["optimizer"])
+            if self.fsdp:
+                from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+                set_optimizer_state_dict(
+                    wrapped, optimizer.optimizer, state["optimizer"], options=_full_options()
+                )
+            else:
+                optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
-            if ema is not None and state.get("ema") is not None:
+            if not self.fsdp and ema is not None and state.get("ema") is not None:
                 ema.load_state_dict(state["ema"])
             start, seconds_before = int(state["step"]), float(state.get("seconds", 0.0))
             self._restore_rng(state)
@@ -209,7 +238,7 @@ class Trainer:
         final, every = cfg.optim.max_steps, cfg.train.ckpt_every
         if start < final and not (every and final % every == 0):  # the loop has not saved it yet
             self._save(final, optimizer, scheduler, ema, seconds())
-        best = ema.module if ema is not None else self.model
+        best = self._best(ema)
         metrics = self._evaluate(best, final) if cfg.eval is not None else {}
         summary = {
             "name": cfg.name,
@@ -280,33 +309,40 @@ class Trainer:
             dynamic_ncols=True,
         )
         wrapped.train()
-        for step in range(start + 1, cfg.optim.max_steps + 1):  # `step` = optimizer steps done after it
-            loss_sum, grad_norm, logs = 0.0, torch.zeros(()), {}
-            for _ in range(cfg.optim.grad_accum):
-                batch = send_to_device(next(batches), acc.device)
-                with acc.accumulate(wrapped):
-                    loss, logs = wrapped(batch)
-                    acc.backward(loss)  # accelerate divides by grad_accum
-                    if acc.sync_gradients:
-                        grad_norm = acc.clip_grad_norm_(params, clip)
-                    optimizer.step()  # a no-op until the last micro-step
-                    optimizer.zero_grad(set_to_none=True)
-                loss_sum = loss_sum + loss.detach()
-            scheduler.step()
-            if ema is not None:
-                ema.update(self.model, step=step)
-            bar.update(1)
+        try:  # a failed save or step must not leave the bar open in front of its error line
+            for step in range(start + 1, cfg.optim.max_steps + 1):  # `step` = optimizer steps done after it
+                loss_sum, grad_norm, logs = 0.0, torch.zeros(()), {}
+                for _ in range(cfg.optim.grad_accum):
+                    batch = send_to_device(next(batches), acc.device)
+                    with acc.accumulate(wrapped):
+                        with acc.autocast() if self.fsdp else contextlib.nullcontext():
+                            loss, logs = wrapped(batch)  # (DDP: accelerate's prepare added autocast)
+                        acc.backward(loss)  # accelerate divides by grad_accum
+                        if acc.sync_gradients:
+                            grad_norm = acc.clip_grad_norm_(params, clip)
+                            if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor
+                                grad_norm = grad_norm.full_tensor()
+                        optimizer.step()  # a no-op until the last micro-step
+                        optimizer.zero_grad(set_to_none=True)
+                    loss_sum = loss_sum + loss.detach()
+                scheduler.step()
+                if ema is not None:
+                    ema.update(self.model, step=step)
+                bar.update(1)
 
-            if step % cfg.train.log_every == 0 or step == cfg.optim.max_steps:
-                record = self._log_record(step, loss_sum / cfg.optim.grad_accum, grad_norm, logs, seconds())
-                bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
-            every = cfg.eval.every if cfg.eval is not None else 0
-            if every and step % every == 0 and step < cfg.optim.max_steps:  # the last one: in fit()
-                self._evaluate(ema.module if ema is not None else self.model, step)
-                wrapped.train()
-            if cfg.train.ckpt_every and step % cfg.train.ckpt_every == 0:
-                self._save(step, optimizer, scheduler, ema, seconds())
-        bar.close()
+                if step % cfg.train.log_every == 0 or step == cfg.optim.max_steps:
+                    record = self._log_record(
+                        step, loss_sum / cfg.optim.grad_accum, grad_norm, logs, seconds()
+                    )
+                    bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
+                every = cfg.eval.every if cfg.eval is not None else 0
+                if every and step % every == 0 and step < cfg.optim.max_steps:  # the last one: in fit()
+                    self._evaluate(self._best(ema), step)
+                    wrapped.train()
+                if cfg.train.ckpt_every and step % cfg.train.ckpt_every == 0:
+                    self._save(step, optimizer, scheduler, ema, seconds())
+        finally:
+            bar.close()
 
     def _log_record(self, step, loss, grad_norm, logs, seconds) -> dict[str, Any]:
         # One collective for loss and the model's logs: the logged values are the mean over ranks.
@@ -359,7 +395,10 @@ class Trainer:
         state = load_checkpoint(path)
         state["_path"] = str(path)
         _check_resumable(state, self.cfg)
-        changed = _changed_keys(state["config"], self.cfg.to_dict())
+        saved = state["config"]
+        if "strategy" not in saved.get("train", {}):  # written before train.strategy existed: ddp
+            saved = {**saved, "train": {**saved.get("train", {}), "strategy": "ddp"}}
+        changed = _changed_keys(saved, self.cfg.to_dict())
         if changed:
             self._note(f"config differs from the checkpoint's in {', '.join(changed)}: not an exact resume")
         return state
@@ -380,14 +419,26 @@ class Trainer:
             k: acc.gather(v.to(acc.device).unsqueeze(0)).cpu() if acc.num_processes > 1 else v.unsqueeze(0)
             for k, v in rng_state().items()
         }
+        if self.fsdp:  # whole tensors gathered to rank 0 (collectives: every rank takes part)
+            from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+            model_state = _full_state(self._wrapped, "model.")
+            optim_state = get_optimizer_state_dict(
+                self._wrapped, optimizer.optimizer, options=_full_options()
+            )
+            ema_state = {f"module.{k}": v for k, v in _full_state(ema.module).items()} if ema else None
+        elif self.is_main:
+            model_state, optim_state = self.model.state_dict(), optimizer.state_dict()
+            ema_state = ema.state_dict() if ema is not None else None
         if self.is_main:
             state = {
                 "step": step,
                 "seconds": seconds,
-                "model": self.model.state_dict(),
-                "optimizer": optimizer.state_dict(),
+                "model": model_state,
+                "optimizer": optim_state,
                 "scheduler": scheduler.state_dict(),
-                "ema": ema.state_dict() if ema is not None else None,
+                "ema": ema_state,
+                "strategy": "fsdp" if self.fsdp else "ddp",
                 "config": self.cfg.to_dict(),
                 "rng": rng,
                 "world_size": acc.num_processes,
@@ -396,6 +447,18 @@ class Trainer:
             save_checkpoint(checkpoint_path(self.ckpt_dir, step), state)
             prune_checkpoints(self.ckpt_dir, self.cfg.train.keep_last)
         acc.wait_for_everyone()
+
+    def _best(self, ema) -> nn.Module | None:
+        """The model to evaluate and export: the EMA copy (or the model). Under FSDP a whole copy,
+        gathered to rank 0 (None on the other ranks, which must call this too)."""
+        if not self.fsdp:
+            return ema.module if ema is not None else self.model
+        state = _full_state(ema.module) if ema is not None else _full_state(self._wrapped, "model.")
+        if not self.is_main:
+            return None
+        model = hub.model_class(self.cfg.model.cls)(**self.cfg.model.kwargs)
+        model.load_state_dict(state)
+        return model.to(self.accelerator.device).eval()
 
     def _evaluate(self, model: nn.Module, step: int) -> dict[str, Any]:
         """``model.evaluate`` on the eval split, on rank 0 (the others wait at the next collective)."""
@@ -442,6 +505,38 @@ class Trainer:
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+def _fsdp_shard(module: nn.Module, device_type: str) -> nn.Module:
+    """FSDP2 (``fully_shard``): each block of every ``nn.ModuleList`` (deepest first), then the whole
+    module, sharded over all ranks; parameters become DTensors, gathered per block for its compute."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(device_type, (dist.get_world_size(),))
+    lists = [(name.count("."), m) for name, m in module.named_modules() if isinstance(m, nn.ModuleList)]
+    for _, blocks in sorted(lists, key=lambda item: -item[0]):
+        for block in blocks:
+            if any(p.requires_grad for p in block.parameters()):
+                fully_shard(block, mesh=mesh)
+    fully_shard(module, mesh=mesh)
+    return module
+
+
+def _full_options():
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def _full_state(module: nn.Module, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Whole (unsharded) CPU tensors of an FSDP module's state dict on rank 0 ({} on the others),
+    ``prefix`` stripped from the keys. A collective: every rank calls it."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    state = get_model_state_dict(module, options=_full_options())
+    return {k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in state.items()}
 
 
 def _build_model(cfg: Config) -> nn.Module:
@@ -634,6 +729,9 @@ def train_from_config(
     trainer = Trainer(cfg, out=out, export=export, command=_command(config_path, max_steps, out, export))
     try:
         return trainer.fit(resume=resume)
+    except OSError as e:  # run folder or export not writable, disk full: one line, not a traceback
+        where = f" {e.filename}" if getattr(e, "filename", None) else ""
+        raise MmtokError(f"cannot write{where}: {e.strerror or e}") from None
     finally:
         _release(trainer.accelerator, threads)
 
