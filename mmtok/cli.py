@@ -25,6 +25,10 @@ def _print_json(obj) -> None:
 # ----------------------------------------------------------------------------- commands
 
 
+# Everything `mmtok eval` can measure (the parser's choices and cmd_eval's branches must agree).
+EVAL_TARGETS = ("judge", "tokenizer", "generation", "clip", "grounding", "weaklabel", "compress")
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from .hub import list_models
 
@@ -260,9 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_serve)
 
     p = sub.add_parser("eval", help="measure a shipped model")
-    p.add_argument(
-        "what", choices=["judge", "tokenizer", "generation", "weaklabel", "compress"], help="what to evaluate"
-    )
+    p.add_argument("what", choices=list(EVAL_TARGETS), help="what to evaluate")
     p.add_argument("--model", action="append", default=None, help="model name (repeatable; default: all)")
     p.add_argument(
         "--n",

@@ -40,8 +40,11 @@ _MODEL_MODULES = (
     "mmtok.tokenizers.image_binary",
     "mmtok.generation.xar",
     "mmtok.generation.dit",
+    "mmtok.generation.ecar",
+    "mmtok.generation.elm",
     "mmtok.clip.model",
     "mmtok.grounding.model",
+    "mmtok.compression.explain",
 )
 _REGISTRY: dict[str, type[MmtokModel]] = {}
 

@@ -2,6 +2,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 
 import mmtok
@@ -101,3 +102,17 @@ def test_petct_commands_are_wired(tmp_path, capsys):
                  "--out", str(tmp_path / "x")]) == 2  # fmt: skip
     assert main(["eval", "weaklabel", "--n", "2", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["weaklabel"]
+
+
+def test_every_eval_target_parses_and_is_dispatched():
+    import inspect
+
+    from mmtok.cli import EVAL_TARGETS, build_parser, cmd_eval
+
+    source = inspect.getsource(cmd_eval)
+    for target in EVAL_TARGETS:
+        assert build_parser().parse_args(["eval", target]).what == target
+        assert f'args.what == "{target}"' in source  # a branch for it, not the "unknown" fallback
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(["eval", "nothing"])
+    assert e.value.code == 2
