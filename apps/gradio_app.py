@@ -3,8 +3,9 @@
     mmtok serve                      # http://127.0.0.1:7860, the shipped weights, CPU
     python -m apps.gradio_app        # the same
 
-Tabs: Generate (xAR), Tokenize (KL / binary tokenizers), PET/CT (phantoms or uploads, report
-weak labels, slice viewer, mask download). Errors from the pipelines (``MmtokError``) become one-line
+Tabs: Generate (xAR, ECAR, ELM, DiT), Tokenize (KL / binary tokenizers), CLIP (labels, gallery search),
+Compress (token keep-maps, labels before/after), PET/CT (phantoms or uploads, report weak labels,
+sentence grounding, slice viewer, mask download). Errors from the pipelines (``MmtokError``) become one-line
 messages in the page; uploads are validated by content (image decoding, NIfTI headers), not names.
 """
 
@@ -28,7 +29,14 @@ DEVICE = {"name": "cpu"}
 # Model-bound events share one queue (one worker): a CPU runs one model call at a time well, and two
 # at once only thrash. Viewer events (slider, dropdowns) stay outside it so they never wait on a model.
 MODELS = "models"
-MAX_QUEUE = 64  # requests waiting beyond this are refused at once rather than piling up
+MAX_QUEUE = 64
+COMPRESS_METHODS = [
+    "tcc",
+    "explain",
+    "tome",
+    "random",
+    "pool",
+]  # requests waiting beyond this are refused at once rather than piling up
 
 
 def _models(task: str) -> list[str]:
@@ -174,6 +182,36 @@ def clip_search(text, model, top):
     except MmtokError as e:
         raise _error(e) from None
     return [(r["path"], f"{r['score']:.3f}") for r in found["results"]]
+
+
+# ----------------------------------------------------------------------------- Compress
+
+
+@functools.lru_cache(maxsize=2)
+def _compressor(name: str):
+    from mmtok.compression.pipeline import CompressPipeline
+
+    return CompressPipeline(name, device=DEVICE["name"])
+
+
+def compress(path, model, method, keep, labels_text):
+    """Keep-map overlay, tokens kept, time, and the top labels before and after compression."""
+    if not path:
+        raise gr.Error("Upload an image first.")
+    if not model:
+        raise gr.Error("No CLIP model is available to compress.")
+    try:
+        labels = _labels(labels_text or "") or None
+        r = _compressor(model).run(path, method=method, keep=float(keep), labels=labels, top=3)
+    except MmtokError as e:
+        raise _error(e) from None
+    rows = [[i + 1, b["label"], round(b["prob"], 3), a["label"], round(a["prob"], 3)]
+            for i, (b, a) in enumerate(zip(r["top_before"], r["top_after"], strict=False))]  # fmt: skip
+    info = (f"**{r['tokens_kept']} of {r['tokens_total']} tokens kept** ({method}, keep {float(keep):g}, "
+            f"from layer {r['layer']}): tower {1000 * r['seconds_full']:.1f} ms -> "
+            f"{1000 * r['seconds_compressed']:.1f} ms; top-1 {'unchanged' if r['same_top1'] else 'changed'}, "
+            f"embedding cosine {r['cosine']:.3f}")  # fmt: skip
+    return np.asarray(r["overlay"].convert("RGB")), info, rows
 
 
 # ----------------------------------------------------------------------------- PET/CT
@@ -479,6 +517,27 @@ def build_demo(device: str = "cpu") -> gr.Blocks:
             )
             c_run.click(clip_classify, [c_image, c_labels, c_model], [c_plot, c_best], concurrency_id=MODELS)
             c_search.click(clip_search, [c_text, c_model, c_top], [c_gallery], concurrency_id=MODELS)
+
+        with gr.Tab("Compress"):
+            with gr.Row():
+                with gr.Column():
+                    k_image = gr.Image(type="filepath", label="image", elem_id="cmp-input")
+                    k_model = gr.Dropdown(
+                        clips, value=_default(clips, "lightclip-shapes64"), label="CLIP model"
+                    )
+                    k_method = gr.Radio(COMPRESS_METHODS, value="tcc", label="method")
+                    k_keep = gr.Slider(0.1, 1.0, value=0.5, step=0.05, label="keep fraction")
+                    k_labels = gr.Textbox(
+                        label="labels (one per line; empty: every shapes object label)", lines=3
+                    )
+                    k_run = gr.Button("Compress", variant="primary", elem_id="cmp-run")
+                with gr.Column():
+                    k_overlay = gr.Image(label="keep-map (dimmed: dropped or merged tokens)", format="png")
+                    k_info = gr.Markdown(elem_id="cmp-info")
+                    k_table = gr.Dataframe(headers=["rank", "before", "p", "after", "p"], label="top labels",
+                                           elem_id="cmp-table")  # fmt: skip
+            k_inputs = [k_image, k_model, k_method, k_keep, k_labels]
+            k_run.click(compress, k_inputs, [k_overlay, k_info, k_table], concurrency_id=MODELS)
 
         with gr.Tab("PET/CT"):
             state = gr.State(None)

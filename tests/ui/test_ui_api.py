@@ -76,3 +76,13 @@ def test_twenty_simultaneous_generate_requests_are_all_answered(client):
     jobs = [client.submit("xar-digits64", "", i % 10, 1, i, 2, 3.0, api_name="/generate") for i in range(20)]
     results = [job.result(timeout=300) for job in jobs]
     assert len(results) == 20 and all(len(gallery) == 1 and "1 image(s)" in info for gallery, info in results)
+
+
+def test_compress_endpoint(client, scene_png):
+    overlay, info, table = client.predict(handle_file(scene_png), "lightclip-shapes64", "tome", 0.5, "",
+                                          api_name="/compress")  # fmt: skip
+    assert "32 of 64 tokens kept" in info and len(table["data"]) == 3
+    with pytest.raises(AppError):
+        client.predict(
+            handle_file(scene_png), "lightclip-shapes64", "nonsense", 0.5, "", api_name="/compress"
+        )

@@ -100,3 +100,16 @@ def test_generate_digits(page, shots):
     expect(page.locator("#gen-info")).to_contain_text("image(s) in", timeout=120_000)
     expect(page.locator("#gen-gallery img").first).to_be_visible(timeout=10_000)
     _shot(page, shots, "generate")
+
+
+def test_compress_upload(page, tmp_path, shots):
+    from playwright.sync_api import expect
+
+    path = tmp_path / "scene.png"
+    Image.fromarray(to_uint8(build_dataset("shapes", "heldout", resolution=64)[3]["image"])).save(path)
+    page.get_by_role("tab", name="Compress").click()
+    page.locator("#cmp-input input[type=file]").set_input_files(str(path))
+    page.locator("#cmp-run").click()
+    expect(page.locator("#cmp-info")).to_contain_text("tokens kept", timeout=60_000)
+    expect(page.locator("#cmp-table")).to_contain_text("before", timeout=10_000)
+    _shot(page, shots, "compress")

@@ -21,7 +21,7 @@ def scene_png(tmp_path_factory):
 def test_build_demo_has_the_tabs():
     demo = app.build_demo()
     labels = {b.label for b in demo.blocks.values() if isinstance(b, gr.Tab)}
-    assert {"Generate", "Tokenize", "PET/CT"} <= labels
+    assert {"Generate", "Tokenize", "CLIP", "Compress", "PET/CT"} <= labels
 
 
 def test_tokenize_tab(scene_png, tmp_path):
@@ -165,3 +165,19 @@ def test_clip_tab(scene_png):
     assert len(found) == 4 and all(Path(p).is_file() for p, _ in found)
     scores = [float(s) for _, s in found]
     assert scores == sorted(scores, reverse=True)
+
+
+def test_compress_tab(scene_png):
+    overlay, info, rows = app.compress(scene_png, "lightclip-shapes64", "tcc", 0.5, "")
+    assert overlay.ndim == 3 and overlay.shape[2] == 3 and overlay.shape[0] >= 64
+    kept, total = (int(v) for v in info.split("**")[1].split(" tokens")[0].split(" of "))
+    assert total == 64 and 0 < kept < total and len(rows) == 3
+    assert rows[0][1] and 0 <= rows[0][2] <= 1 and 0 <= rows[0][4] <= 1
+    _, info, rows = app.compress(
+        scene_png, "lightclip-shapes64", "explain", 0.25, "a red circle\na blue square"
+    )
+    assert "explain" in info and {r[1] for r in rows} <= {"a red circle", "a blue square"}
+    with pytest.raises(gr.Error, match="Upload"):
+        app.compress(None, "lightclip-shapes64", "tcc", 0.5, "")
+    with pytest.raises(gr.Error):
+        app.compress(scene_png, "lightclip-shapes64", "tcc", 0.0, "")
