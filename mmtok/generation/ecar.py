@@ -162,12 +162,7 @@ class ECAR(XAR):
         x = torch.cat(xs, 2).transpose(1, 2)  # B x L x C, the pyramid coarse to fine
         target = torch.cat(targets, 2).transpose(1, 2)
         t = torch.stack([self.global_time(s, u[:, s]) for s in range(S)], 1)
-        cond_in = batch["caption"] if self.condition == "text" else batch["label"]
-        drop = torch.rand(B) < self.label_drop
-        null = self.null_condition(B)
-        cond = self.encode_condition(
-            [null[i] if drop[i] else c for i, c in enumerate(list(cond_in))], latent.device
-        )
+        cond = self.dropped_condition(batch, B)
         ids = ents.entity_ids.to(latent.device)
         positions = torch.arange(ents.seq_len, device=latent.device)
         pred = self._run(x, t, ids, positions, cond, ents.block_causal_mask().to(latent.device))
@@ -212,10 +207,7 @@ class ECAR(XAR):
             len(self.stages),
         )
         guided = cfg != 1.0
-        c = self.encode_condition(cond, device)
-        if guided:
-            c = c.cat(self.encode_condition(self.null_condition(B), device))
-        reps = 2 if guided else 1
+        c = self.guided_condition(cond, guided)
         slices = ents.entity_slices()
         cache = KVCache() if kv_cache else None
         finished: list[torch.Tensor] = []  # B x r^2 x C end maps of the stages done
@@ -228,13 +220,7 @@ class ECAR(XAR):
                 f = self.factor(s)
                 x = up(end, f) + self.bounds[s] * detail_noise((B, C, r, r), f, generator, device)
                 if cache is not None:  # the finished stage joins the cache at its end time
-                    prev = slices[s - 1]
-                    ctx = finished[-1].repeat(reps, 1, 1)
-                    t_end = torch.full((len(ctx), 1), self.bounds[s], device=device)
-                    cache.writing = True
-                    self._run(ctx, t_end, _zeros(ctx.shape[1], device),
-                              torch.arange(prev.start, prev.stop, device=device), c, None, cache)  # fmt: skip
-                    cache.writing = False
+                    self._cache_entity(cache, c, finished[-1], slices[s - 1], self.bounds[s], guided)
             velocity = self._stage_velocity(c, s, finished, cache, guided, scale)
             seq = euler_sample(velocity, x.flatten(2).transpose(1, 2), steps)  # u: 1 -> 0
             finished.append(seq)

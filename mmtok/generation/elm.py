@@ -36,10 +36,9 @@ from torch import nn
 from ..errors import InputError
 from ..hub import MmtokModel, register_model
 from ..nn.attention import CrossAttention, KVCache, SelfAttention
-from ..nn.text import TextEncoder
 from ..tokenizers.entities import make_entities
 from ..tokenizers.image_binary import merge_codes, split_codes
-from .xar import Condition
+from .xar import Condition, Conditioned
 
 CFG_SCHEDULES = ("constant", "linear", "cosine")
 
@@ -93,7 +92,7 @@ class LlamaBlock(nn.Module):
 
 
 @register_model
-class ELM(MmtokModel):
+class ELM(Conditioned, MmtokModel):
     """ELM-style discrete AR generator over binary-tokenizer codes (text- or class-conditional).
 
     Args:
@@ -127,15 +126,12 @@ class ELM(MmtokModel):
         label_drop: float = 0.1,
     ):
         super().__init__()
-        if condition not in ("text", "class"):
-            raise ValueError(f"condition must be text or class, got {condition!r}")
         if bits % sub_tokens or dim % sub_tokens:
             raise ValueError(f"bits ({bits}) and dim ({dim}) must be multiples of sub_tokens ({sub_tokens})")
         if order == "scale":
             raise ValueError("codes cannot be area-averaged: ELM orders positions by token/cell/subsample")
         self.tokenizer_name, self.bits, self.sub_tokens, self.grid = tokenizer, bits, sub_tokens, grid
         self.entities = make_entities(order, (grid, grid), order_size)
-        self.condition, self.num_classes, self.text_length = condition, num_classes, text_length
         self.label_drop = label_drop
         self.sub_vocab = 2 ** (bits // sub_tokens)
         L = self.entities.seq_len
@@ -144,10 +140,7 @@ class ELM(MmtokModel):
         )
         self.embed_proj = nn.Linear(dim, dim)
         self.pos = nn.Parameter(torch.randn(L, dim) * 0.02)
-        if condition == "class":
-            self.class_embed = nn.Embedding(num_classes + 1, dim)
-        else:
-            self.text = TextEncoder(dim, heads, text_length, text_dim, text_layers)
+        self._init_condition(dim, heads, condition, num_classes, text_length, text_dim, text_layers)
         self.blocks = nn.ModuleList(
             LlamaBlock(dim, heads, i, condition == "text", mlp_ratio) for i in range(depth)
         )
@@ -157,21 +150,6 @@ class ELM(MmtokModel):
     @property
     def seq_len(self) -> int:
         return self.entities.seq_len
-
-    # -- conditions (the same encoders as xAR) ----------------------------------------------------
-
-    def encode_condition(self, cond: Any, device: torch.device | None = None) -> Condition:
-        device = device or self.pos.device
-        if self.condition == "class":
-            labels = torch.as_tensor(cond, dtype=torch.long, device=device).reshape(-1)
-            if ((labels < 0) | (labels > self.num_classes)).any():
-                raise InputError(f"class labels must be in [0, {self.num_classes}], got {labels.tolist()}")
-            return Condition(self.class_embed(labels))
-        tokens, mask, pooled = self.text(list(cond) if not isinstance(cond, str) else cond)
-        return Condition(pooled, tokens, mask)
-
-    def null_condition(self, n: int) -> Any:
-        return [""] * n if self.condition == "text" else [self.num_classes] * n
 
     # -- the network --------------------------------------------------------------------------------
 
@@ -211,11 +189,7 @@ class ELM(MmtokModel):
     def training_step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         seq = self.to_sequence(batch["codes"])  # B x L x m
         B, L = seq.shape[:2]
-        cond_in = batch["caption"] if self.condition == "text" else batch["label"]
-        drop = torch.rand(B) < self.label_drop  # condition dropout: the null condition CFG needs
-        null = self.null_condition(B)
-        cond_in = [null[i] if drop[i] else c for i, c in enumerate(list(cond_in))]
-        cond = self.encode_condition(cond_in, seq.device)
+        cond = self.dropped_condition(batch, B)
         causal = torch.ones(L, L, dtype=torch.bool, device=seq.device).tril()
         h = self.hidden(self.inputs(cond, seq[:, :-1]), torch.arange(L, device=seq.device), cond, causal)
         logits = self.logits(h)  # B x L x m x V
@@ -309,9 +283,7 @@ class ELM(MmtokModel):
         cond = self.check_sample_args(cond, cfg, cfg_schedule, temperature, top_k, top_p)
         device, B, L, m = self.pos.device, len(cond), self.seq_len, self.sub_tokens
         guided = cfg != 1.0
-        c = self.encode_condition(cond, device)
-        if guided:
-            c = c.cat(self.encode_condition(self.null_condition(B), device))
+        c = self.guided_condition(cond, guided)
         out = torch.zeros(B, L, m, dtype=torch.long, device=device)
         cache = KVCache() if kv_cache else None
         if cache is not None:

@@ -157,9 +157,7 @@ class SpeculativeELM:
         m, rec = self.model, self.recycling
         device, L, bits, parts = m.pos.device, m.seq_len, m.bits, m.sub_tokens
         guided = cfg != 1.0
-        c = m.encode_condition([cond], device)
-        if guided:
-            c = c.cat(m.encode_condition(m.null_condition(1), device))
+        c = m.guided_condition([cond], guided)
         reps = 2 if guided else 1
         cache = KVCache()
         cache.writing = True

@@ -72,6 +72,48 @@ class Condition:
         return Condition(torch.cat([self.vec, other.vec]), tok, mask)
 
 
+class Conditioned:
+    """Class or text conditions, shared by the generators (XAR, ECAR, ELM): a class embedding (index
+    ``num_classes`` is the null class) or the shared ``TextEncoder`` (the empty prompt is null)."""
+
+    def _init_condition(self, dim, heads, condition, num_classes, text_length, text_dim, text_layers) -> None:
+        if condition not in ("text", "class"):
+            raise ValueError(f"condition must be text or class, got {condition!r}")
+        self.condition, self.num_classes, self.text_length = condition, num_classes, text_length
+        if condition == "class":
+            self.class_embed = nn.Embedding(num_classes + 1, dim)
+        else:
+            self.text = TextEncoder(dim, heads, text_length, text_dim, text_layers)
+
+    def encode_condition(self, cond: Any, device: torch.device | None = None) -> Condition:
+        """Prompts (list of str; "" = the null prompt) or class labels (ints; ``num_classes`` =
+        null) -> ``Condition``."""
+        device = device or self.pos.device
+        if self.condition == "class":
+            labels = torch.as_tensor(cond, dtype=torch.long, device=device).reshape(-1)
+            if ((labels < 0) | (labels > self.num_classes)).any():
+                raise InputError(f"class labels must be in [0, {self.num_classes}], got {labels.tolist()}")
+            return Condition(self.class_embed(labels))
+        tokens, mask, pooled = self.text(list(cond) if not isinstance(cond, str) else cond)
+        return Condition(pooled, tokens, mask)
+
+    def null_condition(self, n: int) -> Any:
+        return [""] * n if self.condition == "text" else [self.num_classes] * n
+
+    def guided_condition(self, cond: list[Any], guided: bool) -> Condition:
+        """The batch's condition, followed by as many null conditions when guidance doubles the batch."""
+        c = self.encode_condition(cond, self.pos.device)
+        return c.cat(self.encode_condition(self.null_condition(len(cond)), self.pos.device)) if guided else c
+
+    def dropped_condition(self, batch: dict[str, Any], n: int) -> Condition:
+        """Training conditions with probability ``label_drop`` replaced by the null one (what CFG needs)."""
+        cond_in = batch["caption"] if self.condition == "text" else batch["label"]
+        drop = torch.rand(n) < self.label_drop
+        null = self.null_condition(n)
+        cond_in = [null[i] if drop[i] else c for i, c in enumerate(list(cond_in))]
+        return self.encode_condition(cond_in, self.pos.device)
+
+
 class Block(nn.Module):
     """RMSNorm (no affine) -> self-attention -> [cross-attention to text] -> SwiGLU, each with
     per-token adaLN shift/scale/gate (zero-initialised gates: every block starts as identity)."""
@@ -99,7 +141,7 @@ class Block(nn.Module):
 
 
 @register_model
-class XAR(MmtokModel):
+class XAR(Conditioned, MmtokModel):
     """xAR next-X flow-matching generator over KL-tokenizer latents (text- or class-conditional).
 
     Args:
@@ -143,22 +185,16 @@ class XAR(MmtokModel):
         t_std: float = 1.0,
     ):
         super().__init__()
-        if condition not in ("text", "class"):
-            raise ValueError(f"condition must be text or class, got {condition!r}")
         if context not in ("noisy", "clean"):
             raise ValueError(f"context must be noisy or clean, got {context!r}")
         self.tokenizer_name, self.latent_channels, self.grid = tokenizer, latent_channels, grid
         self.entities = make_entities(entity, (grid, grid), entity_size)
-        self.condition, self.num_classes, self.text_length = condition, num_classes, text_length
         self.label_drop, self.context, self.t_mean, self.t_std = label_drop, context, t_mean, t_std
         L = self.entities.seq_len
         self.proj_in = nn.Linear(latent_channels, dim)
         self.pos = nn.Parameter(torch.randn(L, dim) * 0.02)
         self.t_embed = nn.Sequential(nn.Linear(256, dim), nn.SiLU(), nn.Linear(dim, dim))
-        if condition == "class":
-            self.class_embed = nn.Embedding(num_classes + 1, dim)
-        else:
-            self.text = TextEncoder(dim, heads, text_length, text_dim, text_layers)
+        self._init_condition(dim, heads, condition, num_classes, text_length, text_dim, text_layers)
         self.blocks = nn.ModuleList(
             Block(dim, heads, i, condition == "text", mlp_ratio) for i in range(depth)
         )
@@ -168,23 +204,6 @@ class XAR(MmtokModel):
         for layer in (self.final_ada, self.proj_out):  # start by predicting zero velocity
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
-
-    # -- conditions -----------------------------------------------------------------------------
-
-    def encode_condition(self, cond: Any, device: torch.device | None = None) -> Condition:
-        """Prompts (list of str; "" = the null prompt) or class labels (ints; ``num_classes`` =
-        null) -> ``Condition``."""
-        device = device or self.pos.device
-        if self.condition == "class":
-            labels = torch.as_tensor(cond, dtype=torch.long, device=device).reshape(-1)
-            if ((labels < 0) | (labels > self.num_classes)).any():
-                raise InputError(f"class labels must be in [0, {self.num_classes}], got {labels.tolist()}")
-            return Condition(self.class_embed(labels))
-        tokens, mask, pooled = self.text(list(cond) if not isinstance(cond, str) else cond)
-        return Condition(pooled, tokens, mask)
-
-    def null_condition(self, n: int) -> Any:
-        return [""] * n if self.condition == "text" else [self.num_classes] * n
 
     # -- the network ----------------------------------------------------------------------------
 
@@ -208,11 +227,7 @@ class XAR(MmtokModel):
         t = logit_normal_times((B, ents.num_entities), self.t_mean, self.t_std, device=latent.device)
         noise = torch.randn_like(x0)
         xt = interpolate(x0, noise, t[:, ids, None])
-        cond_in = batch["caption"] if self.condition == "text" else batch["label"]
-        drop = torch.rand(B) < self.label_drop  # condition dropout: the null condition CFG needs
-        null = self.null_condition(B)
-        cond_in = [null[i] if drop[i] else c for i, c in enumerate(list(cond_in))]
-        cond = self.encode_condition(cond_in, latent.device)
+        cond = self.dropped_condition(batch, B)
         positions = torch.arange(ents.seq_len, device=latent.device)
         if self.context == "noisy":
             mask = ents.block_causal_mask().to(latent.device)
@@ -262,9 +277,7 @@ class XAR(MmtokModel):
             raise InputError(f"cfg_schedule must be linear or constant, got {cfg_schedule!r}")
         device, ents, B = self.pos.device, self.entities, len(cond)
         guided = cfg != 1.0
-        c = self.encode_condition(cond, device)
-        if guided:
-            c = c.cat(self.encode_condition(self.null_condition(B), device))
+        c = self.guided_condition(cond, guided)
         E, C = ents.num_entities, self.latent_channels
         out = torch.zeros(B, ents.seq_len, C, device=device)
         cache = KVCache() if kv_cache else None
@@ -272,12 +285,7 @@ class XAR(MmtokModel):
         for e, sl in enumerate(slices):
             scale = cfg if cfg_schedule == "constant" or E == 1 else 1 + (cfg - 1) * e / (E - 1)
             if cache is not None and e > 0:  # the entity just finished joins the cache, clean (t = 0)
-                prev = slices[e - 1]
-                ctx = out[:, prev].repeat(2 if guided else 1, 1, 1)
-                cache.writing = True
-                self._run(ctx, torch.zeros(len(ctx), 1, device=device), _zeros(ctx.shape[1], device),
-                          torch.arange(prev.start, prev.stop, device=device), c, None, cache)  # fmt: skip
-                cache.writing = False
+                self._cache_entity(cache, c, out[:, slices[e - 1]], slices[e - 1], 0.0, guided)
             velocity = self._entity_velocity(c, e, sl, out, cache, guided, scale)
             noise = torch.randn(B, sl.stop - sl.start, C, generator=generator).to(device)
             kw = {"generator": generator} if sampler == "euler_maruyama" else {}
@@ -285,6 +293,14 @@ class XAR(MmtokModel):
             if callback is not None:
                 callback(e + 1, E)
         return ents.ungroup(out)
+
+    def _cache_entity(self, cache: KVCache, c: Condition, tokens, sl: slice, t: float, guided: bool) -> None:
+        """Append a finished entity's keys/values (its tokens at flow time ``t``) to ``cache``."""
+        ctx = tokens.repeat(2 if guided else 1, 1, 1)
+        cache.writing = True
+        self._run(ctx, torch.full((len(ctx), 1), t, device=ctx.device), _zeros(ctx.shape[1], ctx.device),
+                  torch.arange(sl.start, sl.stop, device=ctx.device), c, None, cache)  # fmt: skip
+        cache.writing = False
 
     def _entity_velocity(self, c, e, sl, out, cache, guided, scale):
         device, ents = self.pos.device, self.entities
@@ -327,4 +343,4 @@ def _teacher_forcing_mask(ids: torch.Tensor) -> torch.Tensor:
     return torch.cat([top, bottom], 0)
 
 
-__all__ = ["XAR", "timestep_embedding"]
+__all__ = ["XAR", "Conditioned", "timestep_embedding"]
