@@ -70,6 +70,15 @@ def test_petct_endpoints(client):
     assert "located" in {row[1] for row in table["data"]} and mask.endswith(".nii.gz")
     with pytest.raises(AppError, match="report"):
         client.predict("  ", 40, api_name="/weaklabel")
+    # Ground the first finding sentence with the shipped ConTEXTual Net 3D.
+    from mmtok.grounding.reports import parse_report
+
+    sentence = parse_report(report)[0].sentence
+    slider, axial, coronal, mask, info = client.predict(sentence, "contextual3d-phantom", 40,
+                                                        api_name="/ground_sentence")  # fmt: skip
+    assert mask.endswith(".nii.gz") and ("voxels" in info or "No lesion found" in info)
+    with pytest.raises(AppError, match="empty"):
+        client.predict("   ", "contextual3d-phantom", 40, api_name="/ground_sentence")
 
 
 def test_twenty_simultaneous_generate_requests_are_all_answered(client):

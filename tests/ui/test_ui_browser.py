@@ -66,6 +66,16 @@ def test_petct_sample_and_weak_labels(page, shots):
     expect(page.locator("#pet-report textarea")).to_have_value(re.compile("SUV"), timeout=10_000)
     page.locator("#pet-weaklabel").click()
     expect(page.locator("#pet-findings")).to_contain_text("located", timeout=60_000)
+    # Ground one of the report's finding sentences with the shipped ConTEXTual Net.
+    from mmtok.grounding.reports import parse_report
+
+    if "contextual3d-phantom" not in app._models("grounding"):
+        pytest.fail("weights/contextual3d-phantom is missing")
+    sentence = parse_report(page.locator("#pet-report textarea").input_value())[0].sentence
+    page.locator("#ground-text textarea").fill(sentence)
+    page.locator("#ground-run").click()
+    answered = re.compile("voxels|No lesion found")
+    expect(page.locator("#ground-info")).to_contain_text(answered, timeout=180_000)
     _shot(page, shots, "petct")
 
 
