@@ -211,9 +211,19 @@ def eval_grounding(args: argparse.Namespace) -> dict:
     device = str(pick_device(getattr(args, "device", None) or "cpu"))
     overlap = getattr(args, "overlap", None)
     shape = getattr(args, "shape", None) or (96, 96, 160)
-    return {
+    results = {
         name: evaluate_grounding(name, n=n, seed=args.seed or 0, device=device,
                                  overlap=0.5 if overlap is None else overlap, shape=shape,
                                  progress=not args.json)
         for name in names
     }  # fmt: skip
+    if getattr(args, "write", False):  # the figures into each model's card, with the command
+        from .. import hub
+
+        for name, metrics in results.items():
+            flat = {k: v for k, v in metrics.items() if type(v) in (int, float)}
+            bands = metrics.get("f1_suv_match_by_band", {})
+            flat |= {f"f1_suv_match {band}": v for band, v in bands.items()}
+            command = f"mmtok eval grounding --model {name} --n {n} --seed {args.seed or 0} --json"
+            hub.record_metrics(name, flat, command, title="Grounding evaluation")
+    return results

@@ -124,3 +124,18 @@ def test_eval_grounding_scores_queries(model_dir):
     for key in ("f1_suv_match", "f1_overlap", "f1_dice_0.5", "mean_dice", "mean_fpv_ml", "mean_fnv_ml"):
         assert key in out
     assert set(out["f1_suv_match_by_band"]) >= {"size <15mm", "suv 2.5-4"}
+
+
+def test_eval_grounding_write_records_the_card(model_dir, tmp_path):
+    import json
+    import shutil
+
+    folder = shutil.copytree(model_dir, tmp_path / "tiny-ground-card")
+    args = argparse.Namespace(
+        model=[str(folder)], n=1, seed=0, json=True, device="cpu", shape=SHAPE, write=True
+    )
+    out = eval_grounding(args)[str(folder)]
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["f1_suv_match"] == out["f1_suv_match"] and metrics["queries"] == out["queries"]
+    card = (folder / "README.md").read_text()
+    assert "## Grounding evaluation" in card and f"--model {folder} --n 1 --seed 0" in card
