@@ -437,7 +437,11 @@ def ground_sentence(state, sentence, model, index):
 
 
 def _pick_sentence(choice):
-    return choice.split(": ", 1)[1] if choice and ": " in choice[:6] else (choice or "")
+    """A picked sentence (or finding "n: sentence") into the text box; a cleared pick (the dropdowns are
+    reset whenever a case is loaded or labelled) leaves what the user typed alone."""
+    if not choice:
+        return gr.skip()
+    return choice.split(": ", 1)[1] if ": " in choice[:6] else choice
 
 
 # ----------------------------------------------------------------------------- the app

@@ -129,6 +129,7 @@ def test_petct_grounding_a_sentence(tmp_path):
     assert slider.value == int(np.argwhere(mask)[:, 2].min()) or 0 <= slider.value < 48
     assert (axial[..., 1] > axial[..., 0] + 60).any() or (coronal[..., 1] > coronal[..., 0] + 60).any()
     assert app._pick_sentence("2: Left axillary node.") == "Left axillary node."
+    assert not isinstance(app._pick_sentence(None), str)  # a reset dropdown keeps the typed sentence
     with pytest.raises(gr.Error, match="empty"):
         app.ground_sentence(state, "  ", model, 10)
     with pytest.raises(gr.Error, match="CT"):
