@@ -31,19 +31,25 @@ def check_sample_args(model, cond: Any, steps: int, cfg: float, sampler: str) ->
 
 @torch.no_grad()
 def validation_loss(model, dataset, device, batch_size: int = 64) -> dict[str, float]:
-    """Mean flow loss of ``model.training_step`` over ``dataset`` at a fixed seed (the global RNG is
-    restored afterwards): a cheap progress signal; sample quality is ``mmtok eval generation``."""
+    """Mean of every figure ``model.training_step`` logs (``val_<name>``, weighted by batch size) over
+    ``dataset`` at a fixed seed (the global RNG is restored afterwards): a cheap progress signal for
+    any generator (flow MSE, or cross-entropy and token accuracy); sample quality is ``mmtok eval
+    generation``."""
     was = model.training
     model.eval()
     state = torch.random.get_rng_state()
     torch.manual_seed(0)
     try:
-        total, n = 0.0, 0
+        totals: dict[str, float] = {}
+        n = 0
         for batch in torch.utils.data.DataLoader(dataset, batch_size=batch_size):
             batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-            loss, _ = model.training_step(batch)
-            total, n = total + float(loss) * len(batch["latent"]), n + len(batch["latent"])
-        return {"val_mse": total / max(n, 1), "n": n}
+            _, logs = model.training_step(batch)
+            b = len(next(v for v in batch.values() if torch.is_tensor(v)))
+            for key, value in logs.items():
+                totals[key] = totals.get(key, 0.0) + float(value) * b
+            n += b
+        return {**{f"val_{k}": v / max(n, 1) for k, v in totals.items()}, "n": n}
     finally:
         torch.random.set_rng_state(state)
         model.train(was)

@@ -38,6 +38,7 @@ from ..hub import MmtokModel, register_model
 from ..nn.attention import CrossAttention, KVCache, SelfAttention
 from ..tokenizers.entities import make_entities
 from ..tokenizers.image_binary import merge_codes, split_codes
+from .common import validation_loss
 from .xar import Condition, Conditioned
 
 CFG_SCHEDULES = ("constant", "linear", "cosine")
@@ -199,24 +200,10 @@ class ELM(Conditioned, MmtokModel):
         return loss, {"ce": loss.detach(), "bits_per_position": loss.detach() * self.sub_tokens / math.log(2),
                       "token_acc": acc}  # fmt: skip
 
-    @torch.no_grad()
     def evaluate(self, dataset, device: str | torch.device = "cpu", batch_size: int = 64) -> dict[str, float]:
-        """Validation cross-entropy at a fixed seed (sample quality: ``mmtok eval generation``)."""
-        was = self.training
-        self.eval()
-        state = torch.random.get_rng_state()
-        torch.manual_seed(0)
-        try:
-            total, acc, n = 0.0, 0.0, 0
-            for batch in torch.utils.data.DataLoader(dataset, batch_size=batch_size):
-                batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-                loss, logs = self.training_step(batch)
-                b = len(batch["codes"])
-                total, acc, n = total + float(loss) * b, acc + float(logs["token_acc"]) * b, n + b
-            return {"val_ce": total / max(n, 1), "val_token_acc": acc / max(n, 1), "n": n}
-        finally:
-            torch.random.set_rng_state(state)
-            self.train(was)
+        """Validation cross-entropy and token accuracy at a fixed seed (sample quality: ``mmtok eval
+        generation``)."""
+        return validation_loss(self, dataset, device, batch_size)
 
     # -- decoding -----------------------------------------------------------------------------------
 
