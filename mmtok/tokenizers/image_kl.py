@@ -188,6 +188,10 @@ class KLTokenizer(MmtokModel):
         kl_weight: weight of the KL term, on LDM's scale (KL summed over latent elements vs. the
             reconstruction loss summed over pixels; both divided by the pixel count here).
         pixel_loss: "l1", "l2" or "l1+l2" reconstruction loss on [-1, 1] pixels.
+        train_encoder: False fine-tunes the decoder alone: the encoder, its 1x1 conv and the latent
+            statistics are frozen and the decoder learns from the posterior means. The latents
+            (and every generator trained on them, and their caches' contents) stay exactly the
+            same while reconstructions improve.
     """
 
     task = "image-tokenizer"
@@ -212,6 +216,7 @@ class KLTokenizer(MmtokModel):
         stats_momentum: float = 0.99,
         kl_weight: float = 1e-6,
         pixel_loss: str = "l1",
+        train_encoder: bool = True,
     ):
         super().__init__()
         levels = len(block_out_channels)
@@ -241,7 +246,11 @@ class KLTokenizer(MmtokModel):
         self.in_channels, self.latent_channels = in_channels, latent_channels
         self.downsample_factor = 2 ** (levels - 1)
         self.learn_scaling, self.stats_momentum = learn_scaling, stats_momentum
-        self.kl_weight, self.pixel_loss = kl_weight, pixel_loss
+        self.kl_weight, self.pixel_loss, self.train_encoder = kl_weight, pixel_loss, train_encoder
+        if not train_encoder:
+            for part in (self.vae.encoder, self.vae.quant_conv):
+                if part is not None:
+                    part.requires_grad_(False)
         # Persistent buffers: saved in model.safetensors, averaged by the trainer's EMA with the weights.
         self.register_buffer("latent_shift", torch.full((latent_channels,), float(shift_factor)))
         self.register_buffer("latent_std", torch.full((latent_channels,), 1.0 / scaling_factor))
@@ -325,6 +334,8 @@ class KLTokenizer(MmtokModel):
     def training_step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         """Reconstruction (L1 / L2) + ``kl_weight`` * KL on one batch; updates the latent statistics."""
         images = batch["image"]
+        if not self.train_encoder:
+            return self._decoder_step(images)
         dist = self.vae.encode(images).latent_dist
         z = dist.sample()
         if self.learn_scaling and self.training:
@@ -347,6 +358,17 @@ class KLTokenizer(MmtokModel):
             "latent_std": self.latent_std.mean(),
         }
         return loss, logs
+
+    def _decoder_step(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """Decoder-only fine-tuning: reconstruct from the frozen encoder's posterior means, which is
+        what ``encode`` hands generators, so the decoder is trained on exactly what it will decode."""
+        with torch.no_grad():
+            z = self.vae.encode(images).latent_dist.mode()
+        diff = self.vae.decode(z).sample.float() - images.float()
+        l1, l2 = diff.abs().mean(), diff.pow(2).mean()
+        loss = {"l1": l1, "l2": l2, "l1+l2": l1 + l2}[self.pixel_loss]
+        psnr_value = -10 * torch.log10((l2.detach() / 4).clamp_min(1e-10))
+        return loss, {"l1": l1.detach(), "psnr": psnr_value}
 
     @torch.no_grad()
     def evaluate(self, dataset, device: str | torch.device = "cpu", batch_size: int = 64) -> dict[str, float]:

@@ -168,3 +168,38 @@ def test_evaluate_reports_per_source_metrics():
     metrics = tok.evaluate(data, "cpu", batch_size=5)
     assert metrics["n"] == 12 and {"psnr", "ssim", "psnr_shapes", "ssim_digits"} <= set(metrics)
     assert 0 < metrics["psnr"] < 100 and -1 <= metrics["ssim"] <= 1
+
+
+def test_decoder_only_fine_tuning_keeps_the_latents_and_improves_reconstruction():
+    torch.manual_seed(0)
+    tok = _tiny(3)
+    tok.train()
+    x = torch.rand(8, 3, 16, 16) * 2 - 1
+    for _ in range(3):  # some latent statistics and non-trivial encoder weights first
+        tok.training_step({"image": x})[0].backward()
+    tok.zero_grad()
+    ft = _tiny(3, train_encoder=False)
+    ft.load_state_dict(tok.state_dict())
+    ft.eval()
+    with torch.no_grad():
+        z_before, loss_before = ft.encode(x), ft.training_step({"image": x})[0].item()
+    ft.train()
+    frozen = {n: p.detach().clone() for n, p in ft.named_parameters() if not p.requires_grad}
+    buffers = {n: b.clone() for n, b in ft.named_buffers()}
+    assert frozen and all(n.startswith(("vae.encoder.", "vae.quant_conv.")) for n in frozen)
+    opt = torch.optim.Adam([p for p in ft.parameters() if p.requires_grad], lr=3e-3)
+    for _ in range(80):
+        loss, logs = ft.training_step({"image": x})
+        assert set(logs) == {"l1", "psnr"}  # no KL term: the posterior is frozen
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    ft.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(ft.encode(x), z_before, rtol=0, atol=0)
+        assert ft.training_step({"image": x})[0].item() < 0.8 * loss_before
+    for n, p in ft.named_parameters():
+        if n in frozen:
+            assert torch.equal(p, frozen[n]), n
+    for n, b in ft.named_buffers():
+        assert torch.equal(b, buffers[n]), n
