@@ -1,4 +1,4 @@
-"""LightCLIP ablation: baseline, +soft labels, +token alignment, +MLM-fusion, all -- over seeds.
+"""LightCLIP ablation: baseline, +soft labels, +token alignment, +MLM-fusion, +token+mlm, all -- over seeds.
 
     python benchmarks/bench_clip_ablation.py [--seeds 0 1 2] [--steps 500] [--variants baseline all]
 
@@ -31,6 +31,9 @@ VARIANTS = {
     "+soft": OFF | {"contrastive": "soft"},
     "+token": OFF | {"token_weight": 0.5},
     "+mlm": OFF | {"mlm_weight": 0.5},
+    # both objectives that helped alone, without the soft labels (which did not): is the full model's
+    # loss the soft labels, or the combination?
+    "+token+mlm": OFF | {"token_weight": 0.5, "mlm_weight": 0.5},
     "all": {"contrastive": "soft", "token_weight": 0.5, "mlm_weight": 0.5},
 }
 # Seed 0 at the config's steps *is* a shipped run: `all` = configs/lightclip-shapes64.yaml and `baseline` =
@@ -47,13 +50,18 @@ METRICS = {
 }
 
 
+def _slug(variant: str) -> str:
+    """Run-folder and run-name form of a variant: ``+token+mlm`` -> ``token-mlm`` (names allow no '+')."""
+    return variant.strip("+").replace("+", "-")
+
+
 def run_one(variant: str, seed: int, steps: int | None, n: int) -> dict[str, float]:
     import mmtok.clip.model  # noqa: F401  (registers LightCLIP)
     from mmtok.clip.zeroshot import evaluate_clip
     from mmtok.train.config import config_from_dict
     from mmtok.train.trainer import Trainer, _release
 
-    out = ROOT / "runs" / "clip-ablation" / f"{variant.strip('+')}-s{seed}"
+    out = ROOT / "runs" / "clip-ablation" / f"{_slug(variant)}-s{seed}"
     done = out / "zeroshot.json"
     if done.is_file():
         return json.loads(done.read_text())
@@ -64,7 +72,7 @@ def run_one(variant: str, seed: int, steps: int | None, n: int) -> dict[str, flo
         done.write_text(json.dumps(metrics, indent=2) + "\n")
         return metrics
     raw = yaml.safe_load(BASE_CONFIG.read_text())
-    raw["name"] = f"clip-ablation-{variant.strip('+')}-s{seed}"
+    raw["name"] = f"clip-ablation-{_slug(variant)}-s{seed}"
     raw["model"]["kwargs"] |= VARIANTS[variant]
     raw["train"]["seed"] = seed
     raw["eval"] = None
