@@ -342,33 +342,27 @@ class KLTokenizer(MmtokModel):
             # Statistics of the posterior mean: what encode() returns by default, so encode's output
             # is standardised even early on, when the posterior noise still dominates the samples.
             self._update_stats(dist.mode())
-        recon = self.vae.decode(z).sample.float()
-        diff = recon - images.float()
-        l1, l2 = diff.abs().mean(), diff.pow(2).mean()
-        rec = {"l1": l1, "l2": l2, "l1+l2": l1 + l2}[self.pixel_loss]
+        rec, logs = self._reconstruction_loss(z, images)
         # LDM scale: KL summed over latent elements per image, reconstruction summed over pixels;
         # dividing both by the pixel count keeps kl_weight comparable with SD's 1e-6.
         kl = dist.kl().float().mean() / images[0].numel()
         loss = rec + self.kl_weight * kl
+        return loss, {**logs, "kl": kl.detach(), "latent_std": self.latent_std.mean()}
+
+    def _reconstruction_loss(self, z: torch.Tensor, images: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """``pixel_loss`` of ``decode(z)`` against ``images``, with its L1 and PSNR for the logs."""
+        diff = self.vae.decode(z).sample.float() - images.float()
+        l1, l2 = diff.abs().mean(), diff.pow(2).mean()
+        rec = {"l1": l1, "l2": l2, "l1+l2": l1 + l2}[self.pixel_loss]
         mse01 = l2.detach() / 4  # MSE on [0, 1] pixels
-        logs = {
-            "l1": l1.detach(),
-            "psnr": -10 * torch.log10(mse01.clamp_min(1e-10)),
-            "kl": kl.detach(),
-            "latent_std": self.latent_std.mean(),
-        }
-        return loss, logs
+        return rec, {"l1": l1.detach(), "psnr": -10 * torch.log10(mse01.clamp_min(1e-10))}
 
     def _decoder_step(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """Decoder-only fine-tuning: reconstruct from the frozen encoder's posterior means, which is
         what ``encode`` hands generators, so the decoder is trained on exactly what it will decode."""
         with torch.no_grad():
             z = self.vae.encode(images).latent_dist.mode()
-        diff = self.vae.decode(z).sample.float() - images.float()
-        l1, l2 = diff.abs().mean(), diff.pow(2).mean()
-        loss = {"l1": l1, "l2": l2, "l1+l2": l1 + l2}[self.pixel_loss]
-        psnr_value = -10 * torch.log10((l2.detach() / 4).clamp_min(1e-10))
-        return loss, {"l1": l1.detach(), "psnr": psnr_value}
+        return self._reconstruction_loss(z, images)
 
     @torch.no_grad()
     def evaluate(self, dataset, device: str | torch.device = "cpu", batch_size: int = 64) -> dict[str, float]:
