@@ -209,7 +209,7 @@ class ECAR(XAR):
         guided = cfg != 1.0
         c = self.guided_condition(cond, guided)
         slices = ents.entity_slices()
-        cache = KVCache() if kv_cache else None
+        cache = KVCache(capacity=ents.seq_len) if kv_cache else None
         finished: list[torch.Tensor] = []  # B x r^2 x C end maps of the stages done
         end = None
         for s, r in enumerate(self.stages):

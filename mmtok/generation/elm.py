@@ -272,7 +272,7 @@ class ELM(Conditioned, MmtokModel):
         guided = cfg != 1.0
         c = self.guided_condition(cond, guided)
         out = torch.zeros(B, L, m, dtype=torch.long, device=device)
-        cache = KVCache() if kv_cache else None
+        cache = KVCache(capacity=L) if kv_cache else None
         if cache is not None:
             cache.writing = True  # every decoded token's keys/values stay for the rest of the image
         x = self.inputs(c, None)  # BOS

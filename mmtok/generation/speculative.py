@@ -159,7 +159,7 @@ class SpeculativeELM:
         guided = cfg != 1.0
         c = m.guided_condition([cond], guided)
         reps = 2 if guided else 1
-        cache = KVCache()
+        cache = KVCache(capacity=2 * L)  # the cache plus one verification tree
         cache.writing = True
         # The first token comes from BOS alone: one ordinary step.
         h = m.hidden(m.inputs(c, None), torch.arange(1, device=device), c, None, cache)[:, -1]
@@ -188,10 +188,7 @@ class SpeculativeELM:
             rec.update(torch.tensor(tokens), joint.topk(rec.k, dim=-1).indices)
             path, bonus = self._accept(logits, tokens, parents, temperature, top_k, top_p, generator)
             keep = torch.tensor([0, *path], device=device)  # the root and the accepted nodes
-            for layer in list(cache.keys):
-                for store in (cache.keys, cache.values):
-                    kv = store[layer]
-                    store[layer] = torch.cat([kv[:, :, :old], kv[:, :, old + keep]], dim=2)
+            cache.keep(old, keep)
             new = [tokens[i] for i in path] + [bonus]
             out += new[: L - len(out)]
             self.stats.passes += 1

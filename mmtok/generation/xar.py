@@ -280,7 +280,7 @@ class XAR(Conditioned, MmtokModel):
         c = self.guided_condition(cond, guided)
         E, C = ents.num_entities, self.latent_channels
         out = torch.zeros(B, ents.seq_len, C, device=device)
-        cache = KVCache() if kv_cache else None
+        cache = KVCache(capacity=ents.seq_len) if kv_cache else None
         slices = ents.entity_slices()
         for e, sl in enumerate(slices):
             scale = cfg if cfg_schedule == "constant" or E == 1 else 1 + (cfg - 1) * e / (E - 1)
