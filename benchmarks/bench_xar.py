@@ -54,7 +54,7 @@ def time_sampling(model, n: int, steps: int, bf16: bool, cache: bool, repeats: i
     prompts = ["a small red circle in the middle"] * n if model.condition == "text" else [1] * n
 
     def run():
-        with torch.inference_mode(), autocast("cpu", enabled=bf16):
+        with torch.no_grad(), autocast("cpu", enabled=bf16):
             model.sample(
                 prompts, steps=steps, cfg=3.0, generator=torch.Generator().manual_seed(0), kv_cache=cache
             )
