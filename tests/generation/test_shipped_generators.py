@@ -18,3 +18,22 @@ def test_shipped_digit_generators(name):
     pred = judge.predict(torch.stack(images))
     # Measured on 1,000 images at 20 steps: 97.2% (xAR) and 99.9% (DiT); 20 images at 10 steps here.
     assert (pred == torch.tensor(labels)).float().mean() >= 0.8
+
+
+def test_shipped_text_generator_puts_the_named_colour_and_size_in_place():
+    """xar-shapes64 on one-object prompts of the test split: the judge reads the slot the caption
+    names. Measured on 256 prompts at 20 steps: colour 98.0%, size 95.7%, shape 47.7% (shape is
+    what the CPU-trained model still lacks, so it is not asserted here); 16 prompts at 10 steps."""
+    from mmtok.eval.generation import _scenes
+
+    pipe = GenerationPipeline("xar-shapes64")
+    judge = mmtok.load("judge-shapes64")
+    scenes = _scenes("test", 1, 16, 0)
+    images = torch.cat(
+        [torch.stack(pipe(prompt=s["caption"], n=1, seed=i, steps=10).images) for i, s in enumerate(scenes)]
+    )
+    pred = judge.predict(images)
+    occupied = torch.stack([s["shape"] for s in scenes]) > 0
+    for key in ("colour", "size"):
+        truth = torch.stack([s[key] for s in scenes])
+        assert (pred[key] == truth)[occupied].float().mean() >= 0.75, key
