@@ -12,6 +12,11 @@ on the named lesion (``p_target``), on another lesion of the case (``p_other``: 
 which one is meant) or on any body voxel. Augmentation is intensity-only (scale, shift): no flips or
 rotations, because "left" and "right" in the sentence must stay true of the image.
 ``mode="volume"`` gives whole volumes (for the 2.5D MIP baseline).
+
+``contrast=True`` adds ``text_other`` and ``label_other`` to every item: the sentence of ANOTHER finding
+of the same case and that finding's mask in the same crop (often empty). The model then trains on one
+crop under two sentences, so the two targets differ only by the text -- the image alone cannot fit
+both, which is the sentence-contrastive signal that patches drawn one sentence at a time lack.
 """
 
 from __future__ import annotations
@@ -90,6 +95,7 @@ class GroundingPhantomDataset(Dataset):
         p_target, p_other: probabilities of centring the crop on the named lesion / another lesion.
         augment: intensity augmentation (never spatial flips).
         coordinates: add the body-coordinate channels (``model.with_coordinates``) before cropping.
+        contrast: also return another finding's sentence and mask for the same crop (see above).
         cache: folder for the built cases.
     """
 
@@ -107,6 +113,7 @@ class GroundingPhantomDataset(Dataset):
         p_other: float = 0.3,
         augment: bool = True,
         coordinates: bool = False,
+        contrast: bool = False,
         cache: str = "runs/grounding-cache",
     ):
         if split not in SPLIT_SEEDS:
@@ -117,7 +124,7 @@ class GroundingPhantomDataset(Dataset):
         self.shape, self.spacing = tuple(int(s) for s in shape), float(spacing)
         self.patch, self.labels, self.mode = tuple(int(p) for p in patch), labels, mode
         self.p_target, self.p_other = float(p_target), float(p_other)
-        self.coordinates = bool(coordinates)
+        self.coordinates, self.contrast = bool(coordinates), bool(contrast)
         self.root = Path(cache) / f"seed{self.seed}-{'x'.join(map(str, self.shape))}-{self.spacing:g}mm"
         self._ensure_cache()
         self.queries: list[tuple[int, int, str]] = []  # (case, label value in its map, text)
@@ -130,6 +137,9 @@ class GroundingPhantomDataset(Dataset):
         if not self.queries:
             raise InputError(f"no located findings in {self.n_cases} phantom case(s): use more cases")
         self.size = int(size) or 50 * len(self.queries)
+        self.by_case: dict[int, list[tuple[int, str]]] = {}
+        for case_i, value, text in self.queries:
+            self.by_case.setdefault(case_i, []).append((value, text))
         from monai.transforms import Compose, RandScaleIntensity, RandShiftIntensity  # heavy import
 
         # Intensity only: flips/rotations would make "left"/"right" in the sentence false.
@@ -171,19 +181,34 @@ class GroundingPhantomDataset(Dataset):
         rng = np.random.default_rng([self.seed, index, 17])
         if self.mode == "volume":
             start = np.zeros(3, int)
-            img, lab = image, torch.from_numpy((labels == value)[None].astype(np.uint8))
+
+            def crop(x):
+                return x
         else:
             from monai.transforms import SpatialCrop
 
             start = self._start(labels, value, arrays["image"][0], rng)
             crop = SpatialCrop(roi_start=start.tolist(), roi_end=(start + np.array(self.patch)).tolist())
-            img = _plain(crop(image))
-            lab = _plain(crop(torch.from_numpy((labels == value)[None].astype(np.uint8))))
+
+        def mask(v: int) -> torch.Tensor:
+            return _plain(crop(torch.from_numpy((labels == v)[None].astype(np.uint8)))).contiguous()
+
+        img, lab = _plain(crop(image)), mask(value)
+        extra = {}
+        if self.contrast:
+            others = [(v, t) for v, t in self.by_case[case_i] if v != value and t != text]
+            if others:
+                v, t = others[int(rng.integers(len(others)))]
+                extra = {"text_other": t, "label_other": mask(v)}
+            else:  # a one-finding case: a sentence from another case, which names nothing here
+                pool = [(c, t) for c, _, t in self.queries if c != case_i and t != text]
+                t = pool[int(rng.integers(len(pool)))][1] if pool else text
+                extra = {"text_other": t, "label_other": torch.zeros_like(lab) if pool else lab}
         if self.augment is not None:
             self.augment.set_random_state(seed=int(rng.integers(2**31)))
             img = img.float().clone()
             img[:2] = _plain(self.augment(img[:2])).float()  # SUV and CT only, never the coordinates
-        return {"image": img.float().contiguous(), "label": lab.contiguous(), "text": text, "start": start}
+        return {"image": img.float().contiguous(), "label": lab, "text": text, "start": start, **extra}
 
     def _start(self, labels: np.ndarray, value: int, suv: np.ndarray, rng) -> np.ndarray:
         """Crop corner: centred near the named lesion, another lesion, or any body voxel."""

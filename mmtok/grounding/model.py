@@ -280,10 +280,16 @@ class ContextualNet3D(MmtokModel):
     # -- training ----------------------------------------------------------------------------
 
     def training_step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
-        image, label = batch["image"], batch["label"]
+        image, label, texts = batch["image"], batch["label"], list(batch["text"])
+        if "text_other" in batch and self.uses_text:
+            # Sentence-contrastive pairs: the same crops again under another finding's sentence, so the
+            # two halves of the batch differ only by the text (GroundingPhantomDataset(contrast=True)).
+            image = torch.cat([image, image])
+            label = torch.cat([label, batch["label_other"]])
+            texts += list(batch["text_other"])
         tokens = mask = None
         if self.uses_text:
-            tokens, mask = self.encode_text(batch["text"], image.device)
+            tokens, mask = self.encode_text(texts, image.device)
         logits = self(image, tokens, mask)
         loss = self.loss_fn(logits, label)
         with torch.no_grad():

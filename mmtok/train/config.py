@@ -150,6 +150,9 @@ class ModelConfig:
     # Start from these weights (a model name under weights/ or a folder; same class and kwargs):
     # fine-tuning and multi-stage recipes. Resuming a run uses --resume instead (exact state).
     init: str | None = _spec(*OPTIONAL_STRING, default=None)
+    # false: parameters the init weights lack (new modules that start as the identity, e.g. a text gate
+    # on another decoder level) keep their fresh values; unexpected or mis-shaped tensors still fail.
+    init_strict: bool = _spec(*BOOL, default=True)
 
 
 @dataclass

@@ -552,9 +552,20 @@ def _build_model(cfg: Config) -> nn.Module:
                 f"model.init: {cfg.model.init} holds a {type(source).__name__}, not a {cfg.model.cls}"
             )
         try:
-            model.load_state_dict(source.state_dict(), strict=True)
+            result = model.load_state_dict(source.state_dict(), strict=cfg.model.init_strict)
         except RuntimeError as e:  # same class, other kwargs (shapes differ)
             raise ConfigError(f"model.init: {cfg.model.init} does not fit model.kwargs: {e}") from e
+        if result.unexpected_keys:
+            raise ConfigError(
+                f"model.init: {cfg.model.init} has tensors this model lacks: "
+                + ", ".join(result.unexpected_keys[:5])
+            )
+        if result.missing_keys:
+            print(
+                f"model.init: {len(result.missing_keys)} new tensor(s) keep their initial values "
+                f"({', '.join(result.missing_keys[:4])}{', ...' if len(result.missing_keys) > 4 else ''})",
+                file=sys.stderr,
+            )
     return model
 
 

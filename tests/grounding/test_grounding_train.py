@@ -11,8 +11,9 @@ import yaml
 import mmtok.grounding.model  # noqa: F401  (registers the grounding classes)
 from mmtok import hub
 from mmtok.data import build_dataset
-from mmtok.errors import InputError
+from mmtok.errors import ConfigError, InputError
 from mmtok.grounding.dataset import GroundingPhantomDataset
+from mmtok.grounding.model import ContextualNet3D
 
 SMALL = dict(n_cases=2, shape=(32, 32, 48), spacing=8.0, patch=(16, 16, 16))
 
@@ -100,3 +101,64 @@ def test_tiny_training_run_exports_a_loadable_model(cache, tmp_path):
     assert summary["steps"] == 3 and np.isfinite(summary["final_loss"])
     model = hub.load(tmp_path / "w")
     assert type(model).__name__ == "ContextualNet3D" and model.uses_text
+
+    # Fine-tune it with a text gate on one more decoder level and sentence-contrastive pairs: the new
+    # gate is missing from the init weights, which only init_strict: false allows.
+    cfg2 = dict(cfg, name="contextual3d-tiny-ft")
+    cfg2["model"] = dict(
+        cfg["model"], init=str(tmp_path / "w"), kwargs=dict(cfg["model"]["kwargs"], text_levels=[0, 1])
+    )
+    cfg2["data"] = dict(cfg["data"], kwargs=SMALL | {"cache": cache, "contrast": True})
+    path.write_text(yaml.safe_dump(cfg2))
+    with pytest.raises(ConfigError, match="does not fit"):
+        train_from_config(str(path), out=str(tmp_path / "run2"), export=str(tmp_path / "w2"))
+    cfg2["model"]["init_strict"] = False
+    path.write_text(yaml.safe_dump(cfg2))
+    summary = train_from_config(str(path), out=str(tmp_path / "run3"), export=str(tmp_path / "w2"))
+    assert summary["steps"] == 3 and np.isfinite(summary["final_loss"])
+    tuned = hub.load(tmp_path / "w2")
+    assert tuned.text_levels == (0, 1)
+    # The shared gate started from the first model's weights (then trained); unexpected tensors fail.
+    assert not torch.equal(
+        tuned.gates["0"].proj[1].weight, ContextualNet3D(**cfg2["model"]["kwargs"]).gates["0"].proj[1].weight
+    )
+
+
+def test_contrast_pairs_share_the_crop_and_name_another_finding(cache):
+    ds = GroundingPhantomDataset(cache=cache, augment=False, contrast=True, **SMALL)
+    plain = GroundingPhantomDataset(cache=cache, augment=False, **SMALL)
+    for index in range(10):
+        item = ds[index]
+        case_i, value, text = ds.queries[index % len(ds.queries)]
+        full = ds.load_case(case_i)
+        box = tuple(slice(a, a + p) for a, p in zip(item["start"], ds.patch, strict=True))
+        torch.testing.assert_close(item["image"], plain[index]["image"])  # same crop as without pairs
+        assert item["text_other"] != text
+        others = {t: v for c, v, t in ds.queries if c == case_i and v != value}
+        if others:  # another finding of the same case: its own weak mask inside the same crop
+            assert item["text_other"] in others
+            want = (full["weak"][box] == others[item["text_other"]]).astype(np.uint8)
+        else:  # a sentence from another case names nothing here
+            want = np.zeros_like(item["label"][0].numpy())
+        np.testing.assert_array_equal(item["label_other"][0].numpy(), want)
+
+
+def test_training_step_doubles_the_batch_under_contrast_pairs():
+    model = ContextualNet3D(filters=[8, 16, 24], strides=[1, 2, 2], text_levels=[0], patch=[16, 16, 16])
+    seen = {}
+    real = model.forward
+
+    def spy(image, tokens, mask):
+        seen["batch"], seen["tokens"] = image.shape[0], tokens.shape[0]
+        return real(image, tokens, mask)
+
+    model.forward = spy
+    batch = {
+        "image": torch.rand(2, 2, 16, 16, 16),
+        "label": torch.zeros(2, 1, 16, 16, 16, dtype=torch.uint8),
+        "text": ["right axillary node", "left inguinal node"],
+        "text_other": ["hepatic segment 4 lesion", "right axillary node"],
+        "label_other": torch.ones(2, 1, 16, 16, 16, dtype=torch.uint8),
+    }
+    loss, _ = model.training_step(batch)
+    assert seen == {"batch": 4, "tokens": 4} and torch.isfinite(loss)
