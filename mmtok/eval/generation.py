@@ -8,6 +8,10 @@ object count. One image per prompt is judged by ``judge-shapes64``:
 - per attribute: shape / colour / size accuracy over the objects of the scene;
 - ``swapped`` (two objects): the judge reads the scene with the two objects exchanged (each drawn
   where the other should be). ``exact`` should be far above it: that is the binding check.
+- binding diagnostics, which split "wrong" into its causes: ``place`` (a named slot holds some
+  object), ``count`` (as many objects drawn as named), ``anywhere`` (a named object -- shape,
+  colour and size together -- is drawn in some slot, right or wrong) and ``all_anywhere`` (every
+  named object is drawn somewhere: the scene is right up to placement).
 
 Class models (digits): ``n`` images per class, ``judge-digits64`` class accuracy.
 
@@ -125,6 +129,12 @@ def _evaluate_scenes(pipe, n, seed, steps, cfg, batch_size, max_objects, progres
             entry = {"exact": _rate(int(exact.sum()), len(scenes))}
             for k in ("shape", "colour", "size"):
                 entry[k] = _rate(int(ok[k][occupied].sum()), int(occupied.sum()))
+            drawn = pred["shape"] > 0
+            entry["place"] = _rate(int((drawn & occupied).sum()), int(occupied.sum()))
+            entry["count"] = _rate(int((drawn.sum(1) == occupied.sum(1)).sum()), len(scenes))
+            found = _found_anywhere(truth, pred)
+            entry["anywhere"] = _rate(int(found[occupied].sum()), int(occupied.sum()))
+            entry["all_anywhere"] = _rate(int((found | ~occupied).all(1).sum()), len(scenes))
             if objects == 2:
                 swapped = _swap_two(truth)
                 hit = torch.stack([pred[k] == swapped[k] for k in truth]).all(0).all(1)
@@ -133,6 +143,21 @@ def _evaluate_scenes(pipe, n, seed, steps, cfg, batch_size, max_objects, progres
     metrics["judge_fid"] = fid(torch.cat(real_feats), torch.cat(fake_feats))
     metrics["settings"] = {"n": n, "seed": seed, "steps": steps, "cfg": cfg}
     return metrics
+
+
+def _found_anywhere(truth: dict[str, torch.Tensor], pred: dict[str, torch.Tensor]) -> torch.Tensor:
+    """[B, 9] bool: the named object of each occupied slot (shape, colour, size) is drawn in some slot,
+    each drawn object matched at most once."""
+    found = torch.zeros_like(truth["shape"], dtype=torch.bool)
+    keys = ("shape", "colour", "size")
+    for b in range(truth["shape"].shape[0]):
+        drawn = [tuple(int(pred[k][b, j]) for k in keys) for j in range(9) if int(pred["shape"][b, j]) > 0]
+        for i in (truth["shape"][b] > 0).nonzero().flatten().tolist():
+            want = tuple(int(truth[k][b, i]) for k in keys)
+            if want in drawn:
+                drawn.remove(want)
+                found[b, i] = True
+    return found
 
 
 def _swap_two(truth: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

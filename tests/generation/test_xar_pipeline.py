@@ -73,3 +73,25 @@ def test_eval_generation_on_the_tiny_model(tiny_xar):
         assert entry["exact"]["n"] == 4 and 0 <= entry["exact"]["rate"] <= 1
         assert entry["colour"]["n"] == 4 * int(key[-4])  # one per object
     assert "swapped" in m["seen/2obj"] and m["judge_fid"] > 0
+    assert m["seen/2obj"]["place"]["n"] == 8 and m["seen/2obj"]["count"]["n"] == 4
+    assert 0 <= m["heldout/1obj"]["all_anywhere"]["rate"] <= 1
+
+
+def test_binding_diagnostics_tell_placement_from_drawing():
+    from mmtok.eval.generation import _found_anywhere
+
+    def slots(**objects):  # slot index -> (shape, colour, size)
+        out = {k: torch.zeros(1, 9, dtype=torch.long) for k in ("shape", "colour", "size")}
+        for slot, (sh, co, si) in objects.items():
+            i = int(slot[1:])
+            out["shape"][0, i], out["colour"][0, i], out["size"][0, i] = sh, co, si
+        return out
+
+    truth = slots(s0=(1, 3, 1), s8=(2, 4, 2))
+    # Both objects drawn, each in the other's slot: found anywhere, though not in place.
+    assert _found_anywhere(truth, slots(s0=(2, 4, 2), s8=(1, 3, 1)))[0].nonzero().flatten().tolist() == [0, 8]
+    # One right object, one with the wrong colour elsewhere; a drawn object is matched only once.
+    found = _found_anywhere(truth, slots(s4=(1, 3, 1), s5=(2, 5, 2)))
+    assert found[0].nonzero().flatten().tolist() == [0]
+    twins = slots(s0=(1, 3, 1), s1=(1, 3, 1))
+    assert _found_anywhere(twins, slots(s4=(1, 3, 1)))[0].sum() == 1
