@@ -95,6 +95,10 @@ class Conditioned:
                 raise InputError(f"class labels must be in [0, {self.num_classes}], got {labels.tolist()}")
             return Condition(self.class_embed(labels))
         tokens, mask, pooled = self.text(list(cond) if not isinstance(cond, str) else cond)
+        if not getattr(self, "pooled_text", True):
+            # No bag-of-words shortcut into adaLN: every word reaches the image only through
+            # cross-attention, where it can be bound to the tokens (places) that attend to it.
+            pooled = torch.zeros_like(pooled)
         return Condition(pooled, tokens, mask)
 
     def null_condition(self, n: int) -> Any:
@@ -156,6 +160,8 @@ class XAR(Conditioned, MmtokModel):
         text_length: CLIP context length of prompts (longer prompts are refused).
         text_dim: width of the text token embedding (projected to ``dim``; small, the vocab is 49k).
         text_layers: transformer layers of the text encoder.
+        pooled_text: also add the prompt's mean-pooled text vector to every block's adaLN condition
+            (True, the default); False leaves cross-attention as the text's only way in.
         label_drop: probability of training with the null condition (for CFG).
         context: ``noisy`` (noisy context learning) or ``clean`` (teacher forcing).
         t_mean, t_std: logit-normal training times.
@@ -183,8 +189,10 @@ class XAR(Conditioned, MmtokModel):
         context: str = "noisy",
         t_mean: float = 0.0,
         t_std: float = 1.0,
+        pooled_text: bool = True,
     ):
         super().__init__()
+        self.pooled_text = bool(pooled_text)
         if context not in ("noisy", "clean"):
             raise ValueError(f"context must be noisy or clean, got {context!r}")
         self.tokenizer_name, self.latent_channels, self.grid = tokenizer, latent_channels, grid

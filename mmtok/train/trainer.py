@@ -583,8 +583,13 @@ def _build_data(sub, section: str):
     return dataset
 
 
+_MODEL_FIELD_DEFAULTS = {"init_strict": True}
+
+
 def _check_resumable(state: dict[str, Any], cfg: Config) -> None:
     path, saved = state["_path"], state["config"].get("model", {})
+    # Checkpoints written before a model field existed lack it: they were made with its default.
+    saved = {**_MODEL_FIELD_DEFAULTS, **saved}
     if saved != cfg.to_dict()["model"]:
         raise CheckpointError(
             f"{path}: it was trained with model {saved}, the config says {cfg.to_dict()['model']}"

@@ -77,6 +77,26 @@ def test_sampling_is_fixed_by_the_seed_and_cfg_matters():
     assert torch.equal(ode, m.sample(PROMPTS, steps=4, sampler="euler", generator=g(1)))
 
 
+def test_without_the_pooled_vector_text_enters_only_through_cross_attention():
+    m = _model()
+    m.pooled_text = False
+    c = m.encode_condition(PROMPTS)
+    assert torch.equal(c.vec, torch.zeros_like(c.vec)) and c.tokens.abs().sum() > 0
+    g = lambda s: torch.Generator().manual_seed(s)
+    # The prompt still steers the samples (through the tokens), and the pooled path was not used.
+    a = m.sample(PROMPTS, steps=2, cfg=1.0, generator=g(0))
+    b = m.sample(PROMPTS[::-1], steps=2, cfg=1.0, generator=g(0))
+    assert not torch.allclose(a, b)  # same noise per batch position, other prompts
+    for blk in m.blocks:
+        blk.cross = None  # cut cross-attention: the prompt no longer matters at all
+    a = m.sample(PROMPTS, steps=2, cfg=1.0, generator=g(0))
+    assert torch.equal(a, m.sample(PROMPTS[::-1], steps=2, cfg=1.0, generator=g(0)))
+    assert (
+        XAR(dim=32, depth=1, heads=2, text_dim=16, text_layers=1, grid=4, pooled_text=False).pooled_text
+        is False
+    )
+
+
 @pytest.mark.parametrize("context", ["noisy", "clean"])
 def test_training_step_learns(context):
     m = _model(context=context).train()

@@ -101,6 +101,19 @@ def test_resume_refuses_corrupt_or_foreign_checkpoints(write_config, tmp_path):
     assert not (tmp_path / "export").exists()
 
 
+def test_checkpoints_from_before_a_model_field_existed_still_resume(write_config, tmp_path):
+    from mmtok.train.trainer import _check_resumable
+
+    config = load_config(write_config())
+    saved = config.to_dict()["model"]
+    del saved["init_strict"]  # written before model.init_strict existed: it had the default (true)
+    state = {"_path": "old.pt", "step": 1, "config": {"model": saved}}
+    _check_resumable(state, config)
+    config.model.init_strict = False  # a real difference is still refused
+    with pytest.raises(CheckpointError, match="it was trained with model"):
+        _check_resumable(state, config)
+
+
 def _wait_for_checkpoint(proc, folder, step, timeout=180):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
