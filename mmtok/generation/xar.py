@@ -76,6 +76,8 @@ class Conditioned:
     """Class or text conditions, shared by the generators (XAR, ECAR, ELM): a class embedding (index
     ``num_classes`` is the null class) or the shared ``TextEncoder`` (the empty prompt is null)."""
 
+    pooled_text = True  # add the mean-pooled prompt vector to adaLN (XAR(pooled_text=False) turns it off)
+
     def _init_condition(self, dim, heads, condition, num_classes, text_length, text_dim, text_layers) -> None:
         if condition not in ("text", "class"):
             raise ValueError(f"condition must be text or class, got {condition!r}")
@@ -95,7 +97,7 @@ class Conditioned:
                 raise InputError(f"class labels must be in [0, {self.num_classes}], got {labels.tolist()}")
             return Condition(self.class_embed(labels))
         tokens, mask, pooled = self.text(list(cond) if not isinstance(cond, str) else cond)
-        if not getattr(self, "pooled_text", True):
+        if not self.pooled_text:
             # No bag-of-words shortcut into adaLN: every word reaches the image only through
             # cross-attention, where it can be bound to the tokens (places) that attend to it.
             pooled = torch.zeros_like(pooled)

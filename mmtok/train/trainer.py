@@ -21,6 +21,7 @@ EMA model as bf16 safetensors with a README (command, config, hardware, metrics)
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -49,7 +50,7 @@ from .checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from .config import Config, load_config, with_max_steps
+from .config import Config, ModelConfig, load_config, with_max_steps
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -583,13 +584,15 @@ def _build_data(sub, section: str):
     return dataset
 
 
-_MODEL_FIELD_DEFAULTS = {"init_strict": True}
-
-
 def _check_resumable(state: dict[str, Any], cfg: Config) -> None:
     path, saved = state["_path"], state["config"].get("model", {})
     # Checkpoints written before a model field existed lack it: they were made with its default.
-    saved = {**_MODEL_FIELD_DEFAULTS, **saved}
+    defaults = {
+        f.metadata.get("key", f.name): f.default
+        for f in dataclasses.fields(ModelConfig)
+        if f.default is not dataclasses.MISSING
+    }
+    saved = {**defaults, **saved}
     if saved != cfg.to_dict()["model"]:
         raise CheckpointError(
             f"{path}: it was trained with model {saved}, the config says {cfg.to_dict()['model']}"
