@@ -190,8 +190,10 @@ class GroundingPhantomDataset(Dataset):
             start = self._start(labels, value, arrays["image"][0], rng)
             crop = SpatialCrop(roi_start=start.tolist(), roi_end=(start + np.array(self.patch)).tolist())
 
+        label_map = _plain(crop(torch.from_numpy(labels[None])))  # crop once, then one mask per finding
+
         def mask(v: int) -> torch.Tensor:
-            return _plain(crop(torch.from_numpy((labels == v)[None].astype(np.uint8)))).contiguous()
+            return (label_map == v).to(torch.uint8).contiguous()
 
         img, lab = _plain(crop(image)), mask(value)
         extra = {}
