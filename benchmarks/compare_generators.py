@@ -112,10 +112,15 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--skip-quality", action="store_true", help="speed only")
+    ap.add_argument(
+        "--trained", nargs="*", default=[], metavar="NAME=STEPS",
+        help="training steps per model, shown in the table (budgets differ unless you say so)",
+    )  # fmt: skip
     args = ap.parse_args()
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     from mmtok.eval.generation import evaluate_generation
 
+    trained = dict(_pair(t) for t in args.trained)
     rows, missing, spec = [], [], []
     for name in args.models:
         try:
@@ -127,7 +132,8 @@ def main() -> None:
         model, kind = pipe.model, type(pipe.model).__name__
         steps = STEPS.get(kind, 20)
         row = {"model": name, "family": kind, "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
-               "steps": steps, "nfe_per_image": nfe(model, steps)}  # fmt: skip
+               "steps": steps, "nfe_per_image": nfe(model, steps),
+               "trained_steps": trained.get(name)}  # fmt: skip
         if not args.skip_quality:
             m = evaluate_generation(name, n=args.n, steps=steps, cfg=3.0, max_objects=2, progress=False)
             row["exact_seen_1obj"] = m["seen/1obj"]["exact"]["rate"]
@@ -166,6 +172,13 @@ def main() -> None:
     write_markdown(record)
 
 
+def _pair(text: str) -> tuple[str, int]:
+    name, _, steps = text.partition("=")
+    if not name or not steps.isdigit():
+        raise SystemExit(f"--trained takes NAME=STEPS, got {text!r}")
+    return name, int(steps)
+
+
 def _f(v, fmt="{:.3f}"):
     return "—" if v is None else fmt.format(v)
 
@@ -179,13 +192,14 @@ def write_markdown(record: dict) -> None:
         f"({meta['machine']}, {meta['threads']} threads, torch {meta['torch']}),",
         f"{meta['n']} seen prompts per object count; bf16 autocast; images/s include decoding.",
         "",
-        "| model | family | params (M) | steps | NFE / image | exact 1 obj | exact 2 obj | judge-FID |"
-        " images/s b1 | images/s b64 |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| model | family | params (M) | trained steps | sampling steps | NFE / image | exact 1 obj |"
+        " exact 2 obj | judge-FID | images/s b1 | images/s b64 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in record["rows"]:
         lines.append(
-            f"| {r['model']} | {r['family']} | {r['params_m']:.1f} | {r['steps']} | {r['nfe_per_image']} | "
+            f"| {r['model']} | {r['family']} | {r['params_m']:.1f} | {_f(r.get('trained_steps'), '{:,}')} | "
+            f"{r['steps']} | {r['nfe_per_image']} | "
             f"{_f(r.get('exact_seen_1obj'), '{:.1%}')} | {_f(r.get('exact_seen_2obj'), '{:.1%}')} | "
             f"{_f(r.get('judge_fid'))} | {r['images_per_s_b1']:.2f} | {r['images_per_s_b64']:.1f} |"
         )

@@ -164,6 +164,8 @@ class XAR(Conditioned, MmtokModel):
         text_layers: transformer layers of the text encoder.
         pooled_text: also add the prompt's mean-pooled text vector to every block's adaLN condition
             (True, the default); False leaves cross-attention as the text's only way in.
+        freeze_text: keep the text encoder's weights fixed in training (e.g. one pretrained to parse
+            the prompts, loaded through the config's ``model.init_parts``).
         label_drop: probability of training with the null condition (for CFG).
         context: ``noisy`` (noisy context learning) or ``clean`` (teacher forcing).
         t_mean, t_std: logit-normal training times.
@@ -192,9 +194,10 @@ class XAR(Conditioned, MmtokModel):
         t_mean: float = 0.0,
         t_std: float = 1.0,
         pooled_text: bool = True,
+        freeze_text: bool = False,
     ):
         super().__init__()
-        self.pooled_text = bool(pooled_text)
+        self.pooled_text, self.freeze_text = bool(pooled_text), bool(freeze_text)
         if context not in ("noisy", "clean"):
             raise ValueError(f"context must be noisy or clean, got {context!r}")
         self.tokenizer_name, self.latent_channels, self.grid = tokenizer, latent_channels, grid
@@ -205,6 +208,8 @@ class XAR(Conditioned, MmtokModel):
         self.pos = nn.Parameter(torch.randn(L, dim) * 0.02)
         self.t_embed = nn.Sequential(nn.Linear(256, dim), nn.SiLU(), nn.Linear(dim, dim))
         self._init_condition(dim, heads, condition, num_classes, text_length, text_dim, text_layers)
+        if self.freeze_text and condition == "text":
+            self.text.requires_grad_(False)  # the trainer optimises only parameters that need grads
         self.blocks = nn.ModuleList(
             Block(dim, heads, i, condition == "text", mlp_ratio) for i in range(depth)
         )

@@ -567,7 +567,26 @@ def _build_model(cfg: Config) -> nn.Module:
                 f"({', '.join(result.missing_keys[:4])}{', ...' if len(result.missing_keys) > 4 else ''})",
                 file=sys.stderr,
             )
+    for prefix, path in cfg.model.init_parts.items():
+        _load_part(model, str(prefix), path)
     return model
+
+
+def _load_part(model: nn.Module, prefix: str, path: Any) -> None:
+    """model.init_parts: the tensors of one safetensors file into one submodule, strictly."""
+    import safetensors.torch
+
+    try:
+        part = model.get_submodule(prefix)
+    except AttributeError as e:
+        raise ConfigError(f"model.init_parts: {type(model).__name__} has no submodule {prefix!r}") from e
+    if not isinstance(path, str) or not Path(path).is_file():
+        raise ConfigError(f"model.init_parts.{prefix}: no safetensors file at {path!r}")
+    try:
+        part.load_state_dict(safetensors.torch.load_file(path), strict=True)
+    except (RuntimeError, safetensors.SafetensorError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ConfigError(f"model.init_parts.{prefix}: {path} does not fit: {first}") from e
 
 
 def _build_data(sub, section: str):

@@ -97,6 +97,21 @@ def test_without_the_pooled_vector_text_enters_only_through_cross_attention():
     )
 
 
+def test_frozen_text_encoder_gets_no_gradient_and_the_rest_trains():
+    torch.manual_seed(0)
+    m = XAR(dim=32, depth=1, heads=2, text_dim=16, text_layers=1, text_length=24, grid=4, freeze_text=True)
+    assert m.config["freeze_text"] is True
+    assert not any(p.requires_grad for p in m.text.parameters())
+    text = {k: v.clone() for k, v in m.text.state_dict().items()}
+    opt = torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=1e-2)
+    before = m.proj_out.weight.clone()  # zero at init, so the only layer a first step must move
+    loss, _ = m.train().training_step({"latent": torch.randn(2, 16, 4, 4), "caption": PROMPTS})
+    loss.backward()
+    opt.step()
+    assert all(torch.equal(v, m.text.state_dict()[k]) for k, v in text.items())
+    assert not torch.equal(before, m.proj_out.weight)
+
+
 @pytest.mark.parametrize("context", ["noisy", "clean"])
 def test_training_step_learns(context):
     m = _model(context=context).train()

@@ -190,3 +190,32 @@ def test_model_init_starts_a_second_stage_from_exported_weights(write_config, tm
     wrong = write_config("s3", model={"init": str(tmp_path / "s1"), "kwargs": {"widths": [8, 16]}})
     with pytest.raises(ConfigError, match="model.init"):
         train_from_config(wrong, out=tmp_path / "r3", export=tmp_path / "s3")
+
+
+def test_model_init_parts_loads_one_submodule_and_refuses_misfits(write_config, tmp_path, weights_dir):
+    from safetensors.torch import save_file
+
+    from mmtok.errors import ConfigError
+
+    first = write_config("p1", optim={"max_steps": 4}, eval={"every": 0})
+    train_from_config(first, out=tmp_path / "r1", export=tmp_path / "p1")
+    head = {k: v.float().contiguous() for k, v in mmtok.load(tmp_path / "p1").head.state_dict().items()}
+    save_file(head, str(tmp_path / "head.safetensors"))
+    # A fresh model with only its head from the file; at lr ~0 the export keeps that head exactly.
+    parts = write_config("p2", model={"init_parts": {"head": str(tmp_path / "head.safetensors")}},
+                         optim={"max_steps": 2, "lr": 1.0e-12}, eval={"every": 0})  # fmt: skip
+    train_from_config(parts, out=tmp_path / "r2", export=tmp_path / "p2")
+    model = mmtok.load(tmp_path / "p2")
+    for key, value in head.items():
+        assert torch.equal(model.head.state_dict()[key], value.to(torch.bfloat16).float()), key
+    trained, kept = mmtok.load(tmp_path / "p1").trunk.state_dict(), model.trunk.state_dict()
+    assert any(not torch.equal(trained[k], kept[k]) for k in trained)  # the trunk was not loaded
+
+    for bad, match in (
+        ({"nothing": str(tmp_path / "head.safetensors")}, "no submodule 'nothing'"),
+        ({"trunk": str(tmp_path / "head.safetensors")}, "does not fit"),
+        ({"head": str(tmp_path / "missing.safetensors")}, "no safetensors file"),
+    ):
+        cfg = write_config("p3", model={"init_parts": bad}, optim={"max_steps": 1})
+        with pytest.raises(ConfigError, match=match):
+            train_from_config(cfg, out=tmp_path / "r3", export=tmp_path / "p3")
