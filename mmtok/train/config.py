@@ -153,7 +153,8 @@ class ModelConfig:
     # false: parameters the init weights lack (new modules that start as the identity, e.g. a text gate
     # on another decoder level) keep their fresh values; unexpected or mis-shaped tensors still fail.
     init_strict: bool = _spec(*BOOL, default=True)
-    # Then load these safetensors files into these submodules, e.g. {text: runs/x/text_encoder.safetensors}
+    # Then load these safetensors files (paths from the working directory) into these submodules, e.g.
+    # {text: runs/x/text_encoder.safetensors}
     # (a pretrained part in a model trained from scratch or from `init`); every tensor must fit.
     init_parts: dict[str, Any] = _spec(*MAPPING, default={})
 

@@ -606,11 +606,12 @@ def _build_data(sub, section: str):
 def _check_resumable(state: dict[str, Any], cfg: Config) -> None:
     path, saved = state["_path"], state["config"].get("model", {})
     # Checkpoints written before a model field existed lack it: they were made with its default.
-    defaults = {
-        f.metadata.get("key", f.name): f.default
-        for f in dataclasses.fields(ModelConfig)
-        if f.default is not dataclasses.MISSING
-    }
+    defaults = {}
+    for f in dataclasses.fields(ModelConfig):
+        if f.default_factory is not dataclasses.MISSING:  # mappings such as init_parts
+            defaults[f.metadata.get("key", f.name)] = f.default_factory()
+        elif f.default is not dataclasses.MISSING:
+            defaults[f.metadata.get("key", f.name)] = f.default
     saved = {**defaults, **saved}
     if saved != cfg.to_dict()["model"]:
         raise CheckpointError(

@@ -106,10 +106,15 @@ def test_checkpoints_from_before_a_model_field_existed_still_resume(write_config
 
     config = load_config(write_config())
     saved = config.to_dict()["model"]
-    del saved["init_strict"]  # written before model.init_strict existed: it had the default (true)
+    # Written before model.init_strict and model.init_parts existed: they had their defaults.
+    del saved["init_strict"], saved["init_parts"]
     state = {"_path": "old.pt", "step": 1, "config": {"model": saved}}
     _check_resumable(state, config)
     config.model.init_strict = False  # a real difference is still refused
+    with pytest.raises(CheckpointError, match="it was trained with model"):
+        _check_resumable(state, config)
+    config.model.init_strict = True
+    config.model.init_parts = {"text": "enc.safetensors"}
     with pytest.raises(CheckpointError, match="it was trained with model"):
         _check_resumable(state, config)
 
