@@ -14,6 +14,22 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
 @pytest.fixture
+def load_script():
+    """Import one of scripts/*.py (not a package) as a module: ``load_script("binding_table")``."""
+    import importlib.util
+    from pathlib import Path
+
+    def load(name: str):
+        path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
+
+
+@pytest.fixture
 def weights_dir(tmp_path, monkeypatch):
     """An empty $MMTOK_WEIGHTS so tests never see (or write to) the shipped weights/."""
     root = tmp_path / "weights"

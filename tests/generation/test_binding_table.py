@@ -1,25 +1,14 @@
 """scripts/binding_table.py: eval JSONs side by side, bad arguments refused."""
 
-import importlib.util
 import json
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("binding_table", ROOT / "scripts" / "binding_table.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _entry(rate, n=256):
     return {"rate": rate, "n": n, "ci95": [max(rate - 0.05, 0), min(rate + 0.05, 1)]}
 
 
-def test_table_has_one_column_per_model_and_skips_missing_rows(tmp_path, capsys):
-    bt = _load()
+def test_table_has_one_column_per_model_and_skips_missing_rows(load_script, tmp_path, capsys):
+    bt = load_script("binding_table")
     a = {"m": {"seen/2obj": {"exact": _entry(0.1), "place": _entry(0.5)}, "judge_fid": 12.34}}
     b = {"m": {"seen/2obj": {"exact": _entry(0.3)}, "judge_fid": 8.0}}
     (tmp_path / "a.json").write_text(json.dumps(a))

@@ -1,24 +1,13 @@
 """scripts/probe_binding.py: the slot scores, and a parse-trained encoder that XAR can load."""
 
-import importlib.util
 import types
-from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
 
-
-def _load():
-    spec = importlib.util.spec_from_file_location("probe_binding", ROOT / "scripts" / "probe_binding.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_scores_count_slots_scenes_and_caption_kinds():
-    pb = _load()
+def test_scores_count_slots_scenes_and_caption_kinds(load_script):
+    pb = load_script("probe_binding")
     empty = torch.zeros(9, dtype=torch.long)
     truth = {k: torch.stack([empty.clone(), empty.clone()]) for k in pb.HEADS}
     for k, v in (("shape", 1), ("colour", 2), ("size", 1)):
@@ -33,8 +22,8 @@ def test_scores_count_slots_scenes_and_caption_kinds():
     assert s["n_absolute"] == 1 and s["n_relative"] == 1
 
 
-def test_scratch_probe_trains_and_saves_an_encoder_xar_loads(tiny_xar, tmp_path):
-    pb = _load()
+def test_scratch_probe_trains_and_saves_an_encoder_xar_loads(load_script, tiny_xar, tmp_path):
+    pb = load_script("probe_binding")
     from mmtok import hub
     from mmtok.errors import ConfigError
     from mmtok.train.trainer import _load_part
