@@ -105,6 +105,9 @@ class BinaryTokenizer(MmtokModel):
         entropy_weight: weight of the LFQ-style entropy term (per-position bit entropy minus the
             entropy of each bit's batch mean), which keeps bits confident and in use.
         pixel_loss: "l1", "l2" or "l1+l2" reconstruction loss on [-1, 1] pixels.
+        train_encoder: False fine-tunes the decoder alone: the encoder is frozen, so every image keeps
+            exactly its codes (and every generator trained on them, and their caches, stay valid)
+            while reconstructions improve.
     """
 
     task = "image-tokenizer"
@@ -123,6 +126,7 @@ class BinaryTokenizer(MmtokModel):
         quantizer: str = "sign",
         entropy_weight: float = 0.01,
         pixel_loss: str = "l1",
+        train_encoder: bool = True,
     ):
         super().__init__()
         if not 1 <= bits <= MAX_BITS or sub_tokens < 1 or bits % sub_tokens:
@@ -163,6 +167,9 @@ class BinaryTokenizer(MmtokModel):
         self.in_channels = in_channels
         self.downsample_factor = 2 ** (levels - 1)
         self.quantizer, self.entropy_weight, self.pixel_loss = quantizer, entropy_weight, pixel_loss
+        self.train_encoder = train_encoder
+        if not train_encoder:
+            self.encoder.requires_grad_(False)
 
     @property
     def vocab_size(self) -> int:
@@ -297,6 +304,14 @@ class BinaryTokenizer(MmtokModel):
     def training_step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         """Reconstruction (L1 / L2) through the binary bottleneck + ``entropy_weight`` * entropy term."""
         images = batch["image"]
+        if not self.train_encoder:
+            # Decoder-only: the threshold bits encode() hands generators, with no entropy term to train.
+            with torch.no_grad():
+                bits = (self.logits(images) > 0).float()
+            diff = self.decode_bits(bits).float() - images.float()
+            l1, l2 = diff.abs().mean(), diff.pow(2).mean()
+            loss = {"l1": l1, "l2": l2, "l1+l2": l1 + l2}[self.pixel_loss]
+            return loss, {"l1": l1.detach(), "psnr": -10 * torch.log10((l2.detach() / 4).clamp_min(1e-10))}
         logits = self.logits(images)
         recon = self.decode_bits(self.binarize(logits)).float()
         diff = recon - images.float()

@@ -603,6 +603,9 @@ def _build_data(sub, section: str):
     return dataset
 
 
+_INIT_KEYS = ("init", "init_strict", "init_parts")
+
+
 def _check_resumable(state: dict[str, Any], cfg: Config) -> None:
     path, saved = state["_path"], state["config"].get("model", {})
     # Checkpoints written before a model field existed lack it: they were made with its default.
@@ -613,10 +616,12 @@ def _check_resumable(state: dict[str, Any], cfg: Config) -> None:
         elif f.default is not dataclasses.MISSING:
             defaults[f.metadata.get("key", f.name)] = f.default
     saved = {**defaults, **saved}
-    if saved != cfg.to_dict()["model"]:
-        raise CheckpointError(
-            f"{path}: it was trained with model {saved}, the config says {cfg.to_dict()['model']}"
-        )
+    # init, init_strict and init_parts only choose the weights of step 0, which the checkpoint replaces:
+    # a moved or renamed init file must not block a resume (the differing keys are still reported).
+    arch = {k: v for k, v in saved.items() if k not in _INIT_KEYS}
+    wanted = {k: v for k, v in cfg.to_dict()["model"].items() if k not in _INIT_KEYS}
+    if arch != wanted:
+        raise CheckpointError(f"{path}: it was trained with model {arch}, the config says {wanted}")
     if int(state["step"]) > cfg.optim.max_steps:
         raise CheckpointError(
             f"{path}: checkpoint is at step {state['step']}, beyond max_steps {cfg.optim.max_steps}"

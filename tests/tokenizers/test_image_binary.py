@@ -114,6 +114,33 @@ def test_training_steps_reduce_reconstruction_loss():
     assert {"psnr", "ssim", "dead_bits", "bit_entropy_mean", "subtoken0_perplexity"} <= set(metrics)
 
 
+def test_decoder_only_fine_tuning_keeps_every_code_and_improves_reconstruction():
+    torch.manual_seed(0)
+    tok = _tiny(bits=8)
+    x = torch.rand(8, 3, 16, 16) * 2 - 1
+    ft = _tiny(bits=8, pixel_loss="l2", train_encoder=False)
+    ft.load_state_dict(tok.state_dict())
+    with torch.no_grad():
+        codes_before, loss_before = ft.encode(x), ft.training_step({"image": x})[0].item()
+    frozen = {n: p.detach().clone() for n, p in ft.named_parameters() if not p.requires_grad}
+    assert frozen and all(n.startswith("encoder.") for n in frozen)
+    opt = torch.optim.Adam([p for p in ft.parameters() if p.requires_grad], lr=3e-3)
+    ft.train()
+    for _ in range(60):
+        loss, logs = ft.training_step({"image": x})
+        assert set(logs) == {"l1", "psnr"}  # no entropy term: the bits are fixed
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    ft.eval()
+    with torch.no_grad():
+        assert torch.equal(ft.encode(x), codes_before)
+        assert ft.training_step({"image": x})[0].item() < 0.5 * loss_before
+    for n, p in ft.named_parameters():
+        if n in frozen:
+            assert torch.equal(p, frozen[n]), n
+
+
 def test_bad_inputs_raise_input_error(weights_dir):
     tok = _tiny(4, bits=8).eval()
     for x in (torch.zeros(1, 3, 12, 16), torch.zeros(1, 4, 16, 16), torch.full((1, 3, 8, 8), float("inf"))):
