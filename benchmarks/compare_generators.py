@@ -51,7 +51,9 @@ def nfe(model, steps: int) -> int:
     return steps
 
 
-def images_per_s(pipe, batch: int, steps: int, repeats: int, decode_images: bool = True, **kw) -> float:
+def images_per_s(
+    pipe, batch: int, steps: int, repeats: int, decode_images: bool = True, cfg: float = 3.0, **kw
+) -> float:
     """Images/s of sampling (+ the tokenizer's decoding unless ``decode_images`` is off)."""
     model = pipe.model
     cond = [PROMPT if pipe.condition == "text" else 0] * batch
@@ -60,7 +62,7 @@ def images_per_s(pipe, batch: int, steps: int, repeats: int, decode_images: bool
         # no_grad, not inference_mode: under inference_mode autocast does not cache the bf16 copies
         # of the weights, so every call would re-cast them (the pipeline runs under no_grad too).
         with torch.no_grad(), autocast(pipe.device, enabled=True):
-            out = model.sample(cond, steps=steps, cfg=3.0, generator=torch.Generator().manual_seed(0), **kw)
+            out = model.sample(cond, steps=steps, cfg=cfg, generator=torch.Generator().manual_seed(0), **kw)
             if decode_images:
                 decode(pipe.tokenizer, out)
 

@@ -6,7 +6,8 @@ and read off how much faster xAR is at the DiT baseline's best judge-FID.
 
 Defaults are the shipped class-conditional digits pair, trained by their configs for the same
 number of optimizer steps on the same cached latents, with matched parameter counts. Each point:
-``--n`` images per class (per object count for text models), seed 0, CFG 3, Euler-Maruyama, bf16.
+``--n`` images per class (per object count for text models), seed 0, Euler-Maruyama, bf16, CFG
+``--xar-cfg`` / ``--dit-cfg`` (default 3 both; ``cfg_sweep.py`` finds each family's best).
 xAR spends ``steps`` network evaluations per entity (4 cells), DiT ``steps`` per image.
 
 The target (issue 4): at the DiT baseline's best judge-FID, xAR is >= 3x faster. Reading: the DiT
@@ -32,17 +33,17 @@ from mmtok.generation.pipeline import GenerationPipeline
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def sweep(name: str, steps_list: list[int], args) -> list[dict]:
+def sweep(name: str, steps_list: list[int], cfg: float, args) -> list[dict]:
     pipe = GenerationPipeline(name, device="cpu")
     rows = []
     for steps in steps_list:
-        m = evaluate_generation(name, n=args.n, steps=steps, cfg=3.0, max_objects=2, progress=False)
+        m = evaluate_generation(name, n=args.n, steps=steps, cfg=cfg, max_objects=2, progress=False)
         quality = {"accuracy": m["accuracy"]["rate"]} if "accuracy" in m else {
             "exact_seen_1obj": m["seen/1obj"]["exact"]["rate"]}  # fmt: skip
-        row = {"model": name, "family": type(pipe.model).__name__, "steps": steps,
+        row = {"model": name, "family": type(pipe.model).__name__, "steps": steps, "cfg": cfg,
                "nfe_per_image": nfe(pipe.model, steps), "judge_fid": m["judge_fid"], **quality,
-               "images_per_s_b1": images_per_s(pipe, 1, steps, args.repeats),
-               f"images_per_s_b{args.batch}": images_per_s(pipe, args.batch, steps, args.repeats),
+               "images_per_s_b1": images_per_s(pipe, 1, steps, args.repeats, cfg=cfg),
+               f"images_per_s_b{args.batch}": images_per_s(pipe, args.batch, steps, args.repeats, cfg=cfg),
                }  # fmt: skip
         rows.append(row)
         print(json.dumps(row), flush=True)
@@ -94,6 +95,8 @@ def main() -> None:
     ap.add_argument("--dit", default="dit-digits64")
     ap.add_argument("--xar-steps", nargs="+", type=int, default=[2, 4, 8, 16, 32])
     ap.add_argument("--dit-steps", nargs="+", type=int, default=[4, 8, 16, 32, 64])
+    ap.add_argument("--xar-cfg", type=float, default=3.0, help="xAR's guidance scale (cfg_sweep.py)")
+    ap.add_argument("--dit-cfg", type=float, default=3.0, help="DiT's guidance scale (cfg_sweep.py)")
     ap.add_argument("--n", type=int, default=50, help="images per class (per object count for text)")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
@@ -101,7 +104,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
-    xar, dit = sweep(args.xar, args.xar_steps, args), sweep(args.dit, args.dit_steps, args)
+    xar = sweep(args.xar, args.xar_steps, args.xar_cfg, args)
+    dit = sweep(args.dit, args.dit_steps, args.dit_cfg, args)
     verdict = read_off(xar, dit, args.batch)
     command = " ".join(["python", "benchmarks/frontier_xar_dit.py", *sys.argv[1:]])
     meta = {"machine": platform.machine(), "threads": torch.get_num_threads(), "torch": torch.__version__,
@@ -116,7 +120,8 @@ def main() -> None:
         f"# Quality-speed frontier: {args.xar} vs {args.dit}",
         "",
         f"`{meta['command']}` ({meta['machine']}, {meta['threads']} thread(s), torch {meta['torch']}); "
-        f"{args.n} images per class, seed 0, CFG 3, bf16; images/s include decoding.",
+        f"{args.n} images per class, seed 0, CFG {args.xar_cfg:g} (xAR) / {args.dit_cfg:g} (DiT), bf16; "
+        "images/s include decoding.",
         "",
         f"| model | steps | evaluations per image | judge-FID | {quality} | images/s b1 "
         f"| images/s b{args.batch} |",
