@@ -61,7 +61,13 @@ def evaluate_tokenizer(
     )
     real_feats, fake_feats = [], []
     # Per occupied slot: all three attributes right (object) and per scene: all nine slots right.
-    hits = {k: {"object": 0, "scene": 0} for k in ("original", "reconstruction")}
+    # Per attribute too (which one the codes lose), and split by object size (small ones lose most).
+    attrs = ("shape", "colour", "size")
+    hits = {
+        k: {"object": 0, "scene": 0, **dict.fromkeys(attrs, 0), "small": 0, "large": 0}
+        for k in ("original", "reconstruction")
+    }
+    small_total = 0
     occupied_total = 0
     for batch in loader:
         images = batch["image"].to(device)
@@ -70,18 +76,29 @@ def evaluate_tokenizer(
         recon = to_pixels(recon).float() / 127.5 - 1
         occupied = batch["shape"].to(device) > 0
         occupied_total += int(occupied.sum())
+        small = occupied & (batch["size"].to(device) == 1)
+        small_total += int(small.sum())
         for feats, key, x in ((real_feats, "original", images), (fake_feats, "reconstruction", recon)):
             feats.append(scorer.features(x).reshape(len(x) * 9, -1).cpu())
             pred = scorer.predict(x)
-            right = [pred[k] == batch[k].to(device) for k in ("shape", "colour", "size")]
+            right = [pred[k] == batch[k].to(device) for k in attrs]
             slot_ok = torch.stack(right).all(0)
             hits[key]["object"] += int(slot_ok[occupied].sum())
+            for attr, ok in zip(attrs, right, strict=True):
+                hits[key][attr] += int(ok[occupied].sum())
+            hits[key]["small"] += int(slot_ok[small].sum())
+            hits[key]["large"] += int(slot_ok[occupied & ~small].sum())
             hits[key]["scene"] += int(slot_ok.all(1).sum())
     count = len(loader.dataset)
     metrics["shapes_heldout/judge_fid"] = frechet_distance(torch.cat(real_feats), torch.cat(fake_feats))
     for key, h in hits.items():
         metrics[f"shapes_heldout/judge_object_acc_{key}"] = h["object"] / max(1, occupied_total)
         metrics[f"shapes_heldout/judge_exact_{key}"] = h["scene"] / count
+        for attr in attrs:
+            metrics[f"shapes_heldout/judge_{attr}_acc_{key}"] = h[attr] / max(1, occupied_total)
+        metrics[f"shapes_heldout/judge_small_object_acc_{key}"] = h["small"] / max(1, small_total)
+        large_total = occupied_total - small_total
+        metrics[f"shapes_heldout/judge_large_object_acc_{key}"] = h["large"] / max(1, large_total)
     if write:
         command = f"mmtok eval tokenizer --model {name} --n {n} --seed {seed} --json"
         hub.record_metrics(name, metrics, command, title="Held-out evaluation")

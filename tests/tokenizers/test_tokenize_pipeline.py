@@ -127,5 +127,11 @@ def test_eval_tokenizer_cli(tiny_tokenizers, capsys, monkeypatch):
     assert result["shapes_heldout/judge_exact_original"] == 1.0  # the shipped judge reads real scenes
     assert result["shapes_heldout/judge_exact_reconstruction"] < 1.0  # an untrained tokenizer garbles them
     assert result["shapes_heldout/judge_fid"] > 0
+    for part in ("shape", "colour", "size", "small_object", "large_object"):
+        assert result[f"shapes_heldout/judge_{part}_acc_original"] == 1.0
+        assert 0 <= result[f"shapes_heldout/judge_{part}_acc_reconstruction"] <= 1
+    # An object is right only when all three attributes are: never more often than its weakest one.
+    weakest = min(result[f"shapes_heldout/judge_{a}_acc_reconstruction"] for a in ("shape", "colour", "size"))
+    assert result["shapes_heldout/judge_object_acc_reconstruction"] <= weakest
     card = json.loads((tiny_tokenizers / "bin-tiny" / "metrics.json").read_text())
     assert card["shapes_heldout/psnr"] == result["shapes_heldout/psnr"]
