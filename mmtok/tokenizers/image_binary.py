@@ -304,19 +304,18 @@ class BinaryTokenizer(MmtokModel):
     def training_step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         """Reconstruction (L1 / L2) through the binary bottleneck + ``entropy_weight`` * entropy term."""
         images = batch["image"]
-        if not self.train_encoder:
-            # Decoder-only: the threshold bits encode() hands generators, with no entropy term to train.
+        if self.train_encoder:
+            logits = self.logits(images)
+            bits = self.binarize(logits)
+        else:  # decoder-only: the threshold bits encode() hands generators, nothing for the encoder
             with torch.no_grad():
                 bits = (self.logits(images) > 0).float()
-            diff = self.decode_bits(bits).float() - images.float()
-            l1, l2 = diff.abs().mean(), diff.pow(2).mean()
-            loss = {"l1": l1, "l2": l2, "l1+l2": l1 + l2}[self.pixel_loss]
-            return loss, {"l1": l1.detach(), "psnr": -10 * torch.log10((l2.detach() / 4).clamp_min(1e-10))}
-        logits = self.logits(images)
-        recon = self.decode_bits(self.binarize(logits)).float()
-        diff = recon - images.float()
+        diff = self.decode_bits(bits).float() - images.float()
         l1, l2 = diff.abs().mean(), diff.pow(2).mean()
         loss = {"l1": l1, "l2": l2, "l1+l2": l1 + l2}[self.pixel_loss]
+        psnr = -10 * torch.log10((l2.detach() / 4).clamp_min(1e-10))
+        if not self.train_encoder:  # the bits are fixed: no entropy term to train
+            return loss, {"l1": l1.detach(), "psnr": psnr}
         probs = torch.sigmoid(logits.float())
         # LFQ-style: low entropy per position (confident bits, small train/inference gap) and high
         # entropy of each bit's batch mean (every bit in use); both in bits, averaged over the K bits.
@@ -328,7 +327,7 @@ class BinaryTokenizer(MmtokModel):
             rate = (logits > 0).float().mean(dim=(0, 2, 3))
         logs = {
             "l1": l1.detach(),
-            "psnr": -10 * torch.log10((l2.detach() / 4).clamp_min(1e-10)),
+            "psnr": psnr,
             "bit_entropy": confidence.detach(),
             "bit_usage": usage.detach(),
             "dead_bits": float((_binary_entropy(rate) < 0.01).sum()),
