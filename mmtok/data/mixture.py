@@ -12,6 +12,12 @@ Item ``i`` draws its part and the index inside that part from its own
 ``(parts, seed, i)`` always gives the same item, in any order, worker or process. Items keep only the
 keys every part has (so the default collate works on mixed batches), plus ``"source"``: the part's
 label (its ``source`` entry, else its dataset name), which replaces any ``source`` a part had.
+
+A part may set ``hue``: the probability that one of its items comes back with its hue rotated by a
+uniform random amount (drawn from the item's own stream, so still deterministic). A tokenizer is a
+general image codec: rotating the hue of a blue star shows it a red one, a combination the shapes
+train split holds out from the generators. Captions and labels would name the colour before the
+rotation, so the items of a mixture with a ``hue`` part keep only ``image`` (and ``source``).
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from torch.utils.data import Dataset
 
 from ..errors import ConfigError
 
-PART_KEYS = ("name", "split", "kwargs", "weight", "source")
+PART_KEYS = ("name", "split", "kwargs", "weight", "source", "hue")
 MIXTURE_CODE = 77  # keeps the mixture's draws apart from any part's own (seed, split, index) streams
 
 
@@ -52,7 +58,7 @@ class MixtureDataset(Dataset):
             raise ConfigError("mixture needs parts: a non-empty list of {name, split, kwargs, weight}")
         if not isinstance(size, int) or size < 1:
             raise ConfigError(f"mixture size must be a positive integer, got {size!r}")
-        self.datasets, self.sources, weights = [], [], []
+        self.datasets, self.sources, self.hues, weights = [], [], [], []
         for i, part in enumerate(parts):
             if not isinstance(part, dict) or "name" not in part:
                 raise ConfigError(f"mixture part {i} must be a dict with a dataset name, got {part!r}")
@@ -71,6 +77,11 @@ class MixtureDataset(Dataset):
                 raise ConfigError(
                     f"mixture part {i} ({part['name']}): weight must be a positive number, got {weight!r}"
                 )
+            hue = part.get("hue", 0.0)
+            if isinstance(hue, bool) or not isinstance(hue, int | float) or not 0 <= hue <= 1:
+                raise ConfigError(
+                    f"mixture part {i} ({part['name']}): hue must be a probability in [0, 1], got {hue!r}"
+                )
             kwargs = part.get("kwargs") or {}
             if not isinstance(kwargs, dict):
                 raise ConfigError(f"mixture part {i} ({part['name']}): kwargs must be a mapping")
@@ -79,12 +90,15 @@ class MixtureDataset(Dataset):
                 raise ConfigError(f"mixture part {i} ({part['name']}) is empty")
             self.datasets.append(dataset)
             self.sources.append(str(part.get("source") or part["name"]))
+            self.hues.append(float(hue))
             weights.append(float(weight))
         self.weights = np.asarray(weights) / sum(weights)
         self._cumulative = np.cumsum(self.weights)
         self.size, self.seed, self.split = size, seed, split
         firsts = [d[0] for d in self.datasets]
         self.keys = sorted(set.intersection(*(set(f) for f in firsts)) - {"source"})
+        if any(self.hues):  # captions and labels would name the colour before the rotation
+            self.keys = [k for k in self.keys if k == "image"]
         if "image" not in self.keys:
             raise ConfigError("mixture parts must all have an 'image'")
         shapes = {tuple(f["image"].shape) for f in firsts}
@@ -96,15 +110,30 @@ class MixtureDataset(Dataset):
     def __len__(self) -> int:
         return self.size
 
-    def locate(self, index: int) -> tuple[int, int]:
-        """(part, index inside the part) of mixture item ``index``."""
+    def _draw(self, index: int) -> tuple[int, int, float]:
+        """(part, index inside the part, hue rotation in [-0.5, 0.5) or 0) of item ``index``."""
         if not 0 <= index < self.size:
             raise IndexError(f"index {index} out of range for a mixture of {self.size} items")
         rng = np.random.default_rng([self.seed, MIXTURE_CODE, index])
         part = min(int(np.searchsorted(self._cumulative, rng.random(), side="right")), len(self.datasets) - 1)
-        return part, int(rng.integers(len(self.datasets[part])))
+        inner = int(rng.integers(len(self.datasets[part])))
+        # Drawn after (part, inner), so adding a hue part leaves every item's choice of image alone.
+        rotate, amount = rng.random(), rng.random() - 0.5
+        return part, inner, (amount if rotate < self.hues[part] else 0.0)
+
+    def locate(self, index: int) -> tuple[int, int]:
+        """(part, index inside the part) of mixture item ``index``."""
+        part, inner, _ = self._draw(index)
+        return part, inner
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        part, inner = self.locate(int(index))
+        part, inner, hue = self._draw(int(index))
         item = self.datasets[part][inner]
-        return {**{k: item[k] for k in self.keys}, "source": self.sources[part]}
+        out = {**{k: item[k] for k in self.keys}, "source": self.sources[part]}
+        if hue:
+            from torchvision.transforms.v2.functional import adjust_hue
+
+            # Images live in [-1, 1]; adjust_hue works on [0, 1].
+            image = adjust_hue((out["image"].float() + 1) / 2, hue) * 2 - 1
+            out["image"] = image.to(item["image"].dtype)
+        return out

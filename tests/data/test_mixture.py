@@ -66,6 +66,8 @@ def test_split_default_and_per_part_split():
             10,
         ),
         ([{"name": "shapes"}], 0),
+        ([{"name": "shapes", "hue": 1.5}], 10),
+        ([{"name": "shapes", "hue": True}], 10),
     ],
 )
 def test_bad_configs_raise_config_error(parts, size):
@@ -73,3 +75,25 @@ def test_bad_configs_raise_config_error(parts, size):
         build_dataset("mixture", "train", parts=parts, size=size)
     with pytest.raises(IndexError):
         MixtureDataset(parts=[{"name": "digits"}], size=3)[3]
+
+
+def test_hue_part_rotates_colours_deterministically_and_drops_captions():
+    plain = MixtureDataset(parts=[{"name": "shapes", "kwargs": {"resolution": 32}}], size=40, seed=2)
+    hued = MixtureDataset(parts=[{"name": "shapes", "kwargs": {"resolution": 32}, "hue": 0.5}], size=40, seed=2)
+    again = MixtureDataset(parts=[{"name": "shapes", "kwargs": {"resolution": 32}, "hue": 0.5}], size=40, seed=2)
+    # The hue draw comes after the image draw: the same items, some of them recoloured.
+    assert [plain.locate(i) for i in range(40)] == [hued.locate(i) for i in range(40)]
+    assert "caption" in plain[0] and set(hued[0]) == {"image", "source"}
+    changed = 0
+    for i in range(40):
+        a, b = plain[i]["image"], hued[i]["image"]
+        assert torch.equal(b, again[i]["image"])
+        assert b.shape == a.shape and b.min() >= -1 and b.max() <= 1
+        if not torch.allclose(a, b, atol=2e-2):
+            changed += 1
+            # Hue rotation keeps each pixel's max and min channel (value and chroma) and moves only
+            # the coloured pixels: the neutral background stays put.
+            assert torch.allclose(a.max(0).values, b.max(0).values, atol=2e-2)
+            neutral = (a.max(0).values - a.min(0).values) < 1e-3
+            assert torch.allclose(a[:, neutral], b[:, neutral], atol=2e-2)
+    assert 8 <= changed <= 32  # about half of 40, each rotated by a random amount
