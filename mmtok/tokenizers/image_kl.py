@@ -28,6 +28,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
+from torch import nn
 
 from ..errors import InputError, MmtokError
 from ..hub import MmtokModel, register_model
@@ -157,6 +158,32 @@ def reconstruction_metrics(
 # ----------------------------------------------------------------------------- the tokenizer
 
 
+class RefinedConvOut(nn.Conv2d):
+    """A decoder's last conv (features -> pixels) plus a zero-initialised residual head of 3x3 convs.
+
+    It subclasses ``nn.Conv2d`` and keeps the conv's own ``weight`` and ``bias`` names, so a decoder
+    trained without the head loads into it unchanged (only ``refine.*`` is new).
+    """
+
+    def __init__(self, conv: nn.Conv2d, channels: int):
+        super().__init__(conv.in_channels, conv.out_channels, conv.kernel_size, padding=conv.padding)
+        with torch.no_grad():
+            self.weight.copy_(conv.weight)
+            self.bias.copy_(conv.bias)
+        self.refine = nn.Sequential(
+            nn.Conv2d(conv.in_channels, channels, 3, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(channels, channels, 3, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(channels, conv.out_channels, 3, padding=1),
+        )
+        nn.init.zeros_(self.refine[-1].weight)
+        nn.init.zeros_(self.refine[-1].bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) + self.refine(x)
+
+
 @register_model
 class KLTokenizer(MmtokModel):
     """Continuous KL autoencoder tokenizer (diffusers ``AutoencoderKL``) with per-channel latent scaling.
@@ -192,6 +219,10 @@ class KLTokenizer(MmtokModel):
             statistics are frozen and the decoder learns from the posterior means. The latents
             (and every generator trained on them, and their caches' contents) stay exactly the
             same while reconstructions improve.
+        refine_channels: > 0 adds a residual head of three 3x3 convs (this many channels) next to
+            the decoder's last conv, at full resolution, where photo texture lives: the last level
+            of a small trunk has few channels. Its last conv starts at zero, so a trained decoder
+            loaded into it (``init_strict: false``) decodes exactly as before until it trains.
     """
 
     task = "image-tokenizer"
@@ -217,6 +248,7 @@ class KLTokenizer(MmtokModel):
         kl_weight: float = 1e-6,
         pixel_loss: str = "l1",
         train_encoder: bool = True,
+        refine_channels: int = 0,
     ):
         super().__init__()
         levels = len(block_out_channels)
@@ -243,6 +275,10 @@ class KLTokenizer(MmtokModel):
             use_post_quant_conv=use_post_quant_conv,
             mid_block_add_attention=mid_block_add_attention,
         )
+        if refine_channels < 0:
+            raise ValueError(f"refine_channels must be >= 0, got {refine_channels}")
+        if refine_channels:
+            self.vae.decoder.conv_out = RefinedConvOut(self.vae.decoder.conv_out, refine_channels)
         self.in_channels, self.latent_channels = in_channels, latent_channels
         self.downsample_factor = 2 ** (levels - 1)
         self.learn_scaling, self.stats_momentum = learn_scaling, stats_momentum

@@ -203,3 +203,29 @@ def test_decoder_only_fine_tuning_keeps_the_latents_and_improves_reconstruction(
             assert torch.equal(p, frozen[n]), n
     for n, b in ft.named_buffers():
         assert torch.equal(b, buffers[n]), n
+
+
+def test_refine_head_loads_a_plain_decoder_unchanged_then_trains():
+    torch.manual_seed(0)
+    plain = _tiny(3)
+    x = torch.rand(4, 3, 16, 16) * 2 - 1
+    refined = _tiny(3, refine_channels=8, train_encoder=False)
+    result = refined.load_state_dict(plain.state_dict(), strict=False)
+    # Only the head is new: the last conv keeps its weight / bias names.
+    assert not result.unexpected_keys
+    assert result.missing_keys and all(".conv_out.refine." in k for k in result.missing_keys)
+    plain.eval(), refined.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(refined(x), plain(x), rtol=0, atol=0)  # zero-initialised head
+    refined.train()
+    head = [p for n, p in refined.named_parameters() if ".refine." in n]
+    opt = torch.optim.Adam(head, lr=3e-3)
+    before = refined.training_step({"image": x})[0].item()
+    for _ in range(30):
+        loss, _ = refined.training_step({"image": x})
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert refined.training_step({"image": x})[0].item() < before
+    with pytest.raises(ValueError):
+        _tiny(3, refine_channels=-1)
