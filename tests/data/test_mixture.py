@@ -78,9 +78,10 @@ def test_bad_configs_raise_config_error(parts, size):
 
 
 def test_hue_part_rotates_colours_deterministically_and_drops_captions():
-    plain = MixtureDataset(parts=[{"name": "shapes", "kwargs": {"resolution": 32}}], size=40, seed=2)
-    hued = MixtureDataset(parts=[{"name": "shapes", "kwargs": {"resolution": 32}, "hue": 0.5}], size=40, seed=2)
-    again = MixtureDataset(parts=[{"name": "shapes", "kwargs": {"resolution": 32}, "hue": 0.5}], size=40, seed=2)
+    part = {"name": "shapes", "kwargs": {"resolution": 32}}
+    plain = MixtureDataset(parts=[part], size=40, seed=2)
+    hued = MixtureDataset(parts=[{**part, "hue": 0.5}], size=40, seed=2)
+    again = MixtureDataset(parts=[{**part, "hue": 0.5}], size=40, seed=2)
     # The hue draw comes after the image draw: the same items, some of them recoloured.
     assert [plain.locate(i) for i in range(40)] == [hued.locate(i) for i in range(40)]
     assert "caption" in plain[0] and set(hued[0]) == {"image", "source"}
