@@ -20,7 +20,7 @@ def test_kl_f8_64_reconstructs_heldout_scenes():
         recon = tok.decode(z)
     assert z.shape == (16, 16, 8, 8)
     assert 0.6 < float(z.std()) < 1.4 and abs(float(z.mean())) < 0.3  # scaled to about unit variance
-    assert float(psnr(to_pixels(images), to_pixels(recon)).mean()) > 34.0  # measured: 37.8 dB on 512
+    assert float(psnr(to_pixels(images), to_pixels(recon)).mean()) > 34.0  # measured: 38.3 dB on 512
 
 
 def test_bin_f8_64_codes_and_reconstruction():
@@ -32,4 +32,27 @@ def test_bin_f8_64_codes_and_reconstruction():
     assert codes.shape == (16, 8, 8) and codes.dtype == torch.long
     assert int(codes.min()) >= 0 and int(codes.max()) < 2**16
     assert torch.equal(tok.merge_codes(tok.split_codes(codes)), codes)
-    assert float(psnr(to_pixels(images), to_pixels(recon)).mean()) > 28.0  # measured: 30.4 dB on 512
+    assert float(psnr(to_pixels(images), to_pixels(recon)).mean()) > 28.0  # measured: 31.7 dB on 512
+
+
+def _judge_scene_accuracy(name, n=64):
+    """Share of the first ``n`` held-out scenes whose reconstruction the judge reads right in all nine
+    slots (it reads every original right)."""
+    tok, judge = mmtok.load(name), mmtok.load("judge-shapes64")
+    ds = build_dataset("shapes", "heldout", resolution=64)
+    batch = torch.utils.data.default_collate([ds[i] for i in range(n)])
+    with torch.no_grad():
+        recon = to_pixels(tok.decode(tok.encode(batch["image"]))).float() / 127.5 - 1
+        pred = judge.predict(recon)
+    right = torch.stack([pred[k] == batch[k] for k in ("shape", "colour", "size")]).all(0)
+    return float(right.all(1).float().mean())
+
+
+def test_the_judge_reads_kl_reconstructions_like_the_originals():
+    # measured on 512 scenes: 99.4% (the stage-2 decoder, before the decoder-only stages: 97.9%)
+    assert _judge_scene_accuracy("kl-f8-64") >= 0.96
+
+
+def test_the_judge_reads_most_binary_reconstructions_right():
+    # measured on 512 scenes: 93.2% (before training on hue-rotated shapes: 72.3%)
+    assert _judge_scene_accuracy("bin-f8-64") >= 0.85
