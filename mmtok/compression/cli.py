@@ -5,9 +5,10 @@
 
 ``evaluate`` measures every method at every keep fraction in one run: zero-shot accuracy retained
 (compressed / full, 128-way object classification of single-object ``shapes`` scenes, ``test`` and
-``heldout`` splits), tower images/s at batch 64 under bf16 autocast next to the uncompressed tower (paired,
-interleaved runs, median), tokens left, the ideal speed-up L / (l + (L - l) keep) and the share of it
-reached; and TCC's density estimate against true ink density on synthetic documents (Spearman).
+``heldout`` splits), tower images/s at batch 64 (bf16 autocast where it is faster) next to the
+uncompressed tower (paired, interleaved runs, median), tokens left, the ideal speed-up
+L / (l + (L - l) keep) and the share of it reached; and TCC's density estimate against true ink density on
+synthetic documents (Spearman).
 Bad input raises ``MmtokError``: ``mmtok.cli.main`` prints one line and exits 2.
 """
 
@@ -23,6 +24,7 @@ from typing import Any
 
 import torch
 
+from ..runtime import autocast, use_bf16
 from .pipeline import DEFAULT_MODEL, DEFAULT_PREDICTOR, METHODS
 
 KEEPS = (1.0, 0.75, 0.5, 0.25, 0.1)
@@ -175,7 +177,7 @@ def _time_pair(runner, images, compressor, keep, warmup: int, runs: int) -> dict
     """Full and compressed tower, interleaved (order alternating) under bf16 autocast: median images/s
     of each and the median of the paired time ratios (robust to load from other processes)."""
     full_t, comp_t = [], []
-    with torch.inference_mode(), torch.autocast(images.device.type, dtype=torch.bfloat16):
+    with torch.inference_mode(), autocast(images.device, None):
         for i in range(warmup + runs):
             order = (False, True) if i % 2 == 0 else (True, False)
             times = {}
@@ -320,6 +322,7 @@ def evaluate(
         "torch": torch.__version__,
         "cpu": platform.processor() or platform.machine(),
         "device": str(dev),
+        "bf16": use_bf16(dev),
     }
     return {"meta": meta, "full": full, "accuracy": accuracy, "speed": speed, "documents": documents,
             "targets": targets}  # fmt: skip

@@ -43,6 +43,7 @@ from torch import nn
 
 from ..errors import CheckpointError, InputError
 from ..hub import MmtokModel, register_model
+from ..runtime import autocast
 from ..tokenizers.text import MINILM, resolve_hf_path
 from .reports import strip_numbers
 
@@ -336,7 +337,7 @@ class ContextualNet3D(MmtokModel):
         # A side smaller than the tile (and a multiple of the strides' product) is run as it is, unpadded.
         div = math.prod(self.unet.strides)
         roi = [min(p, s) if s % div == 0 else p for p, s in zip(self.patch, image.shape[2:], strict=True)]
-        with torch.autocast(device.type, dtype=torch.bfloat16):
+        with autocast(device, None):  # bf16 where it is faster
             prob = sliding_window_inference(
                 image,
                 roi,
@@ -397,7 +398,7 @@ class ContextualNetMIP(ContextualNet3D):
         for view in self.mips(image.to(device)):
             pad = DivisiblePad(div, mode="constant")
             padded = pad(view)
-            with torch.autocast(device.type, dtype=torch.bfloat16):
+            with autocast(device, None):  # bf16 where it is faster
                 logits = self(padded[None], tokens, mask).float()
             p = torch.softmax(logits, 1)[:, 1:]  # [Q or 1, 1, H, W]
             views.append(_unpad(p, view))

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from ..errors import InputError
-from ..runtime import autocast, pick_device
+from ..runtime import autocast, pick_device, use_bf16
 
 
 @dataclass
@@ -55,10 +55,11 @@ class TokenizePipeline:
 
     Args:
         model: a name for ``mmtok.load`` (``kl-f8-64``, ``bin-f8-64``, a folder) or a loaded tokenizer.
-        device: ``auto``/``cpu``/``cuda``...; ``bf16``: run under bf16 autocast (faster on CPU).
+        device: ``auto``/``cpu``/``cuda``...; ``bf16``: run under bf16 autocast
+            (``None``: where it is faster, see ``mmtok.runtime.bf16_is_fast``).
     """
 
-    def __init__(self, model: str | torch.nn.Module, device: str | None = "cpu", bf16: bool = False):
+    def __init__(self, model: str | torch.nn.Module, device: str | None = "cpu", bf16: bool | None = False):
         from .. import hub
 
         self.device = pick_device(device)
@@ -68,7 +69,7 @@ class TokenizePipeline:
             raise InputError(f"{self.name} is not an image tokenizer (it has no encode/decode)")
         self.discrete = hasattr(self.model, "num_bits")
         self.factor = int(self.model.downsample_factor)
-        self.bf16 = bf16
+        self.bf16 = use_bf16(self.device, bf16)
 
     @torch.no_grad()
     def reconstruct(self, image: torch.Tensor) -> Reconstruction:

@@ -40,7 +40,7 @@ from torch import nn
 
 from .. import hub
 from ..errors import CheckpointError, ConfigError, MmtokError
-from ..runtime import pick_device, seed_everything
+from ..runtime import bf16_is_fast, pick_device, seed_everything
 from .checkpoint import (
     checkpoint_path,
     latest_checkpoint,
@@ -160,10 +160,15 @@ class Trainer:
         self.command = command or "# trained through the Python API (mmtok.train.Trainer)"
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
+        # bf16 where it is faster; a CPU without native bf16 (AVX2 only, say) emulates it 6-100x slower
+        # than fp32, so there the run trains in fp32 and the card says so.
+        self.mixed_precision = cfg.train.mixed_precision
+        if self.mixed_precision == "bf16" and not bf16_is_fast(pick_device()):
+            self.mixed_precision = "no"
         self.accelerator = Accelerator(
             # accelerate runs DDP over gloo on CPUs only when told it is on CPU (cuda > mps > cpu here).
             cpu=pick_device().type == "cpu",
-            mixed_precision=cfg.train.mixed_precision,
+            mixed_precision=self.mixed_precision,
             gradient_accumulation_steps=cfg.optim.grad_accum,
         )
         self.is_main = self.accelerator.is_main_process
@@ -251,6 +256,7 @@ class Trainer:
             "run_dir": str(self.run_dir),
             "resumed_from": start if state is not None else None,
             "world_size": acc.num_processes,
+            "mixed_precision": self.mixed_precision,
         }
         if self.is_main:
             summary["export"] = str(self._export(best, summary))
@@ -692,7 +698,13 @@ def _readme(trainer: Trainer, model: nn.Module, summary: dict[str, Any]) -> str:
         f"global batch {global_batch}",
         f"- steps: {summary['steps']} optimizer steps in {summary['seconds']:.0f} s"
         + (f" (resumed at step {summary['resumed_from']}, exactly)" if summary["resumed_from"] else ""),
-        f"- hardware: {_hardware(acc)}, mixed precision {cfg.train.mixed_precision}",
+        f"- hardware: {_hardware(acc)}, mixed precision {trainer.mixed_precision}"
+        + (
+            f" (the config asks {cfg.train.mixed_precision}: this device has no native bf16, emulated bf16 "
+            "runs slower than fp32)"
+            if trainer.mixed_precision != cfg.train.mixed_precision
+            else ""
+        ),
         f"- final training loss: {summary['final_loss']:.4f}"
         if summary["final_loss"] is not None
         else "- final training loss: n/a",
