@@ -223,6 +223,8 @@ class KLTokenizer(MmtokModel):
             the decoder's last conv, at full resolution, where photo texture lives: the last level
             of a small trunk has few channels. Its last conv starts at zero, so a trained decoder
             loaded into it (``init_strict: false``) decodes exactly as before until it trains.
+        train_decoder: False (with ``train_encoder: false`` and a head) trains the head alone: the
+            trunk is frozen and the backward pass stops at the head, several times cheaper a step.
     """
 
     task = "image-tokenizer"
@@ -249,6 +251,7 @@ class KLTokenizer(MmtokModel):
         pixel_loss: str = "l1",
         train_encoder: bool = True,
         refine_channels: int = 0,
+        train_decoder: bool = True,
     ):
         super().__init__()
         levels = len(block_out_channels)
@@ -287,6 +290,14 @@ class KLTokenizer(MmtokModel):
             for part in (self.vae.encoder, self.vae.quant_conv):
                 if part is not None:
                     part.requires_grad_(False)
+        if not train_decoder:
+            if train_encoder or not refine_channels:
+                raise ValueError(
+                    "train_decoder: false trains the head alone: it needs train_encoder: false "
+                    "and refine_channels > 0"
+                )
+            for name, param in self.vae.named_parameters():
+                param.requires_grad_(".refine." in name)
         # Persistent buffers: saved in model.safetensors, averaged by the trainer's EMA with the weights.
         self.register_buffer("latent_shift", torch.full((latent_channels,), float(shift_factor)))
         self.register_buffer("latent_std", torch.full((latent_channels,), 1.0 / scaling_factor))

@@ -229,3 +229,26 @@ def test_refine_head_loads_a_plain_decoder_unchanged_then_trains():
     assert refined.training_step({"image": x})[0].item() < before
     with pytest.raises(ValueError):
         _tiny(3, refine_channels=-1)
+
+
+def test_head_alone_trains_only_the_head():
+    torch.manual_seed(0)
+    model = _tiny(3, refine_channels=8, train_encoder=False, train_decoder=False)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(".refine." in n for n in trainable)
+    x = torch.rand(4, 3, 16, 16) * 2 - 1
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    before = model.training_step({"image": x})[0].item()
+    for _ in range(30):
+        loss, _ = model.training_step({"image": x})
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert model.training_step({"image": x})[0].item() < before
+    for n, p in model.named_parameters():
+        if n in frozen:
+            assert torch.equal(p, frozen[n]), n
+    for bad in ({"refine_channels": 8}, {"train_encoder": False}):  # needs a head and a frozen encoder
+        with pytest.raises(ValueError, match="train_decoder"):
+            _tiny(3, train_decoder=False, **bad)
