@@ -33,8 +33,9 @@ def pick_device(name: str | None = None) -> torch.device:
 
 
 # CPU features with native bf16 dot products (x86: AVX512-BF16, AMX-BF16; Arm: BF16). Without them
-# oneDNN emulates bf16 and autocast runs far *slower* than fp32: on an AVX2-only AMD EPYC a 3x3 conv
-# was 50x and a 1024^2 matmul 100x slower in bf16. With them bf16 matmuls run ~3.5x faster.
+# oneDNN emulates bf16 and autocast runs far *slower* than fp32: on an AVX2-only AMD EPYC a 1024^3
+# matmul and a 3x3 conv ran ~100x and kl-f8-64's encode + decode 24x slower in bf16
+# (benchmarks/bench_precision.py). With them bf16 matmuls run ~3.5x faster.
 _BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
 
 

@@ -160,7 +160,7 @@ class Trainer:
         self.command = command or "# trained through the Python API (mmtok.train.Trainer)"
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
-        # bf16 where it is faster; a CPU without native bf16 (AVX2 only, say) emulates it 6-100x slower
+        # bf16 where it is faster; a CPU without native bf16 (AVX2 only, say) emulates it 24-100x slower
         # than fp32, so there the run trains in fp32 and the card says so.
         self.mixed_precision = cfg.train.mixed_precision
         if self.mixed_precision == "bf16" and not bf16_is_fast(pick_device()):
