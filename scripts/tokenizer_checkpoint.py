@@ -1,0 +1,82 @@
+"""Read a tokenizer's training checkpoint (its EMA weights) without exporting it: photos PSNR and the
+judge on held-out shapes, the two figures the tokenizer targets hinge on.
+
+    python scripts/tokenizer_checkpoint.py CONFIG CHECKPOINT [--photos 512] [--judge 256]
+    python scripts/tokenizer_checkpoint.py configs/kl-f8-64-ref128.yaml none   # step 0: the init weights
+
+The model is built from CONFIG exactly as ``mmtok train`` builds it (``model.init`` included), then the
+checkpoint's EMA copy replaces its weights (``none`` keeps the init). Photos: PSNR over the first
+``--photos`` test photos, as ``mmtok eval tokenizer`` computes it; judge: objects and scenes right on the
+first ``--judge`` held-out shapes scenes, on uint8-rounded reconstructions (0 skips either).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("config")
+    parser.add_argument("checkpoint", help="a step_*.pt of the run, or 'none' for the init weights")
+    parser.add_argument("--photos", type=int, default=512)
+    parser.add_argument("--judge", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    from mmtok import hub
+    from mmtok.data import build_dataset
+    from mmtok.tokenizers.image_kl import reconstruction_metrics, to_pixels
+    from mmtok.train.checkpoint import load_checkpoint
+    from mmtok.train.config import load_config
+    from mmtok.train.trainer import _build_model
+
+    model = _build_model(load_config(args.config))
+    step = 0
+    if args.checkpoint != "none":
+        state = load_checkpoint(args.checkpoint)
+        if state.get("ema") is None:
+            raise SystemExit(f"{args.checkpoint}: the run kept no EMA copy")
+        # timm's ModelEmaV3 keeps the model under "module."
+        ema = {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}
+        model.load_state_dict(ema, strict=True)
+        step = int(state["step"])
+    model.eval()
+
+    def reconstruct(x):
+        return model.decode(model.encode(x)).float().clamp(-1, 1)
+
+    out: dict = {"config": args.config, "checkpoint": args.checkpoint, "step": step}
+    with torch.no_grad():
+        if args.photos:
+            photos = build_dataset("photos", "test", resolution=64, seed=0)
+            subset = torch.utils.data.Subset(photos, range(min(args.photos, len(photos))))
+            out["photos_psnr"] = reconstruction_metrics(reconstruct, subset, "cpu", 64)["psnr"]
+        if args.judge:
+            judge = hub.load("judge-shapes64")
+            shapes = build_dataset("shapes", "heldout", resolution=64, seed=0)
+            loader = torch.utils.data.DataLoader(
+                torch.utils.data.Subset(shapes, range(min(args.judge, len(shapes)))), batch_size=64
+            )
+            objects = occupied = scenes = count = 0
+            for batch in loader:
+                recon = to_pixels(reconstruct(batch["image"])).float() / 127.5 - 1
+                pred = judge.predict(recon)
+                ok = torch.stack([pred[k] == batch[k] for k in ("shape", "colour", "size")]).all(0)
+                filled = batch["shape"] > 0
+                objects += int(ok[filled].sum())
+                occupied += int(filled.sum())
+                scenes += int(ok.all(1).sum())
+                count += len(ok)
+            out["judge_objects"] = objects / max(1, occupied)
+            out["judge_scenes"] = scenes / max(1, count)
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
