@@ -174,7 +174,7 @@ def _accuracy(runner, model, images, truth, classes, compressor=None, keep=1.0, 
 
 
 def _time_pair(runner, images, compressor, keep, warmup: int, runs: int) -> dict:
-    """Full and compressed tower, interleaved (order alternating) under bf16 autocast: median images/s
+    """Full and compressed tower, interleaved (order alternating), bf16 where it is faster: median images/s
     of each and the median of the paired time ratios (robust to load from other processes)."""
     full_t, comp_t = [], []
     with torch.inference_mode(), autocast(images.device, None):
