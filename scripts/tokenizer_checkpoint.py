@@ -7,7 +7,7 @@ judge on held-out shapes, the two figures the tokenizer targets hinge on.
 The model is built from CONFIG exactly as ``mmtok train`` builds it (``model.init`` included), then the
 checkpoint's EMA copy replaces its weights (``none`` keeps the init). Photos: PSNR over the first
 ``--photos`` test photos, as ``mmtok eval tokenizer`` computes it; judge: objects and scenes right on the
-first ``--judge`` held-out shapes scenes, on uint8-rounded reconstructions (0 skips either).
+first ``--judge`` held-out shapes scenes (``mmtok.eval.tokenizer.judge_reconstructions``), 0 skips either.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from mmtok import hub
     from mmtok.data import build_dataset
-    from mmtok.tokenizers.image_kl import reconstruction_metrics, to_pixels
+    from mmtok.eval.tokenizer import judge_reconstructions
+    from mmtok.tokenizers.image_kl import reconstruction_metrics
     from mmtok.train.checkpoint import load_checkpoint
     from mmtok.train.config import load_config
     from mmtok.train.trainer import _build_model
@@ -57,23 +58,9 @@ def main(argv: list[str] | None = None) -> int:
             subset = torch.utils.data.Subset(photos, range(min(args.photos, len(photos))))
             out["photos_psnr"] = reconstruction_metrics(reconstruct, subset, "cpu", 64)["psnr"]
         if args.judge:
-            judge = hub.load("judge-shapes64")
-            shapes = build_dataset("shapes", "heldout", resolution=64, seed=0)
-            loader = torch.utils.data.DataLoader(
-                torch.utils.data.Subset(shapes, range(min(args.judge, len(shapes)))), batch_size=64
-            )
-            objects = occupied = scenes = count = 0
-            for batch in loader:
-                recon = to_pixels(reconstruct(batch["image"])).float() / 127.5 - 1
-                pred = judge.predict(recon)
-                ok = torch.stack([pred[k] == batch[k] for k in ("shape", "colour", "size")]).all(0)
-                filled = batch["shape"] > 0
-                objects += int(ok[filled].sum())
-                occupied += int(filled.sum())
-                scenes += int(ok.all(1).sum())
-                count += len(ok)
-            out["judge_objects"] = objects / max(1, occupied)
-            out["judge_scenes"] = scenes / max(1, count)
+            scores = judge_reconstructions(reconstruct, hub.load("judge-shapes64"), args.judge)
+            out["judge_objects"] = scores["shapes_heldout/judge_object_acc_reconstruction"]
+            out["judge_scenes"] = scores["shapes_heldout/judge_exact_reconstruction"]
     print(json.dumps(out))
     return 0
 

@@ -31,8 +31,7 @@ def evaluate_tokenizer(
     from .. import hub
     from ..data import build_dataset
     from ..runtime import pick_device
-    from ..tokenizers.image_kl import reconstruction_metrics, to_pixels
-    from .fid import frechet_distance
+    from ..tokenizers.image_kl import reconstruction_metrics
 
     device = pick_device(device)
     model = hub.load(name, device=device)
@@ -54,7 +53,24 @@ def evaluate_tokenizer(
         metrics[f"{bed}_{split}/ssim"] = out["ssim"]
         metrics[f"{bed}_{split}/n"] = out["n"]
 
-    # Shapes through the judge: FID of its per-slot features and accuracy on reconstructions.
+    metrics.update(judge_reconstructions(reconstruct, scorer, n, seed, device, batch_size))
+    if write:
+        command = f"mmtok eval tokenizer --model {name} --n {n} --seed {seed} --json"
+        hub.record_metrics(name, metrics, command, title="Held-out evaluation")
+    return metrics
+
+
+@torch.no_grad()
+def judge_reconstructions(
+    reconstruct, scorer, n: int = 512, seed: int = 0, device: str | torch.device = "cpu", batch_size: int = 64
+) -> dict[str, float]:
+    """The judge on the first ``n`` held-out shapes scenes and on ``reconstruct``'s uint8-rounded
+    reconstructions of them: judge-FID of its per-slot features, and objects / scenes / attributes
+    right, by object size (the ``shapes_heldout/judge_*`` keys of ``mmtok eval tokenizer``)."""
+    from ..data import build_dataset
+    from ..tokenizers.image_kl import to_pixels
+    from .fid import frechet_distance
+
     dataset = build_dataset("shapes", "heldout", resolution=64, seed=seed)
     loader = torch.utils.data.DataLoader(
         torch.utils.data.Subset(dataset, range(min(n, len(dataset)))), batch_size=batch_size
@@ -90,7 +106,7 @@ def evaluate_tokenizer(
             hits[key]["large"] += int(slot_ok[occupied & ~small].sum())
             hits[key]["scene"] += int(slot_ok.all(1).sum())
     count = len(loader.dataset)
-    metrics["shapes_heldout/judge_fid"] = frechet_distance(torch.cat(real_feats), torch.cat(fake_feats))
+    metrics = {"shapes_heldout/judge_fid": frechet_distance(torch.cat(real_feats), torch.cat(fake_feats))}
     for key, h in hits.items():
         metrics[f"shapes_heldout/judge_object_acc_{key}"] = h["object"] / max(1, occupied_total)
         metrics[f"shapes_heldout/judge_exact_{key}"] = h["scene"] / count
@@ -99,7 +115,4 @@ def evaluate_tokenizer(
         metrics[f"shapes_heldout/judge_small_object_acc_{key}"] = h["small"] / max(1, small_total)
         large_total = occupied_total - small_total
         metrics[f"shapes_heldout/judge_large_object_acc_{key}"] = h["large"] / max(1, large_total)
-    if write:
-        command = f"mmtok eval tokenizer --model {name} --n {n} --seed {seed} --json"
-        hub.record_metrics(name, metrics, command, title="Held-out evaluation")
     return metrics

@@ -205,6 +205,18 @@ def test_decoder_only_fine_tuning_keeps_the_latents_and_improves_reconstruction(
         assert torch.equal(b, buffers[n]), n
 
 
+def _fit(model, params, x, steps: int = 30) -> tuple[float, float]:
+    """Loss on ``x`` before and after ``steps`` Adam steps on ``params``."""
+    opt = torch.optim.Adam(params, lr=3e-3)
+    before = model.training_step({"image": x})[0].item()
+    for _ in range(steps):
+        loss, _ = model.training_step({"image": x})
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return before, model.training_step({"image": x})[0].item()
+
+
 def test_refine_head_loads_a_plain_decoder_unchanged_then_trains():
     torch.manual_seed(0)
     plain = _tiny(3)
@@ -219,14 +231,8 @@ def test_refine_head_loads_a_plain_decoder_unchanged_then_trains():
         torch.testing.assert_close(refined(x), plain(x), rtol=0, atol=0)  # zero-initialised head
     refined.train()
     head = [p for n, p in refined.named_parameters() if ".refine." in n]
-    opt = torch.optim.Adam(head, lr=3e-3)
-    before = refined.training_step({"image": x})[0].item()
-    for _ in range(30):
-        loss, _ = refined.training_step({"image": x})
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    assert refined.training_step({"image": x})[0].item() < before
+    before, after = _fit(refined, head, x)
+    assert after < before
     with pytest.raises(ValueError):
         _tiny(3, refine_channels=-1)
 
@@ -238,14 +244,8 @@ def test_head_alone_trains_only_the_head():
     assert trainable and all(".refine." in n for n in trainable)
     x = torch.rand(4, 3, 16, 16) * 2 - 1
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=3e-3)
-    before = model.training_step({"image": x})[0].item()
-    for _ in range(30):
-        loss, _ = model.training_step({"image": x})
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    assert model.training_step({"image": x})[0].item() < before
+    before, after = _fit(model, [p for p in model.parameters() if p.requires_grad], x)
+    assert after < before
     for n, p in model.named_parameters():
         if n in frozen:
             assert torch.equal(p, frozen[n]), n
