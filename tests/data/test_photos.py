@@ -86,3 +86,28 @@ def test_bad_options():
             P.PhotosDataset(**kwargs)
     with pytest.raises(ConfigError):
         build_dataset("photos", crop=0.5)
+
+
+def _dihedral(image: torch.Tensor) -> list[torch.Tensor]:
+    turns = [torch.rot90(image, k, dims=(-2, -1)) for k in range(4)]
+    return turns + [torch.rot90(image.flip(-1), k, dims=(-2, -1)) for k in range(4)]
+
+
+def test_augment_turns_crops_and_keeps_everything_else():
+    plain = P.PhotosDataset("train", size=60, seed=5)
+    turned = P.PhotosDataset("train", size=60, seed=5, augment=True)
+    changed, variants = 0, set()
+    for i in range(60):
+        a, b = plain[i], turned[i]
+        # Augmentation draws come last: the same source, caption and crop, only turned.
+        assert a["source"] == b["source"] and a["caption"] == b["caption"]
+        matches = [k for k, v in enumerate(_dihedral(a["image"])) if torch.equal(v, b["image"])]
+        assert matches, i
+        if a["source"].startswith("lfw_face_"):
+            assert set(matches) & {0, 4}  # faces are only mirrored, never turned
+        changed += not torch.equal(a["image"], b["image"])
+        variants.add(matches[0])
+    assert changed > 30 and len(variants) >= 6
+    assert torch.equal(
+        turned[7]["image"], P.PhotosDataset("train", size=60, seed=5, augment=True)[7]["image"]
+    )
