@@ -20,7 +20,18 @@ def test_kl_f8_64_reconstructs_heldout_scenes():
         recon = tok.decode(z)
     assert z.shape == (16, 16, 8, 8)
     assert 0.6 < float(z.std()) < 1.4 and abs(float(z.mean())) < 0.3  # scaled to about unit variance
-    assert float(psnr(to_pixels(images), to_pixels(recon)).mean()) > 34.0  # measured: 38.3 dB on 512
+    assert float(psnr(to_pixels(images), to_pixels(recon)).mean()) > 34.0  # measured: 38.0 dB on 512
+
+
+def test_kl_f8_64_reconstructs_heldout_photos():
+    # coffee, coins and faces 80-99 were never trained on. Measured on these 32: 26.7 dB (stage 5,
+    # before the turned training photos: 25.3); on 512: 26.13 dB, target 25.
+    ds = build_dataset("photos", "test", resolution=64, seed=0)
+    images = torch.stack([ds[i]["image"] for i in range(32)])
+    tok = mmtok.load("kl-f8-64")
+    with torch.no_grad():
+        recon = tok.decode(tok.encode(images))
+    assert float(psnr(to_pixels(images), to_pixels(recon)).mean()) > 26.0
 
 
 def test_bin_f8_64_codes_and_reconstruction():
