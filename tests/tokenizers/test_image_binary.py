@@ -9,6 +9,7 @@ from mmtok.tokenizers.image_binary import (
     bits_to_codes,
     codes_to_bits,
     merge_codes,
+    pixel_weights,
     split_codes,
 )
 
@@ -139,6 +140,34 @@ def test_decoder_only_fine_tuning_keeps_every_code_and_improves_reconstruction()
     for n, p in ft.named_parameters():
         if n in frozen:
             assert torch.equal(p, frozen[n]), n
+
+
+def test_edge_weights_put_the_loss_on_outlines():
+    # A flat image with one 4 x 4 square: the weights are mean 1, flat where the image is flat, and
+    # largest on the square's outline.
+    # (Sobel reads the outline and the pixel on either side of it.)
+    x = torch.full((1, 3, 32, 32), -1.0)
+    x[:, :, 10:14, 10:14] = 1.0
+    w = pixel_weights(x, 8.0)
+    assert w.shape == (1, 1, 32, 32)
+    torch.testing.assert_close(w.mean(), torch.tensor(1.0))
+    flat = w[0, 0, 0, 0]
+    assert torch.allclose(w[0, 0, :6], flat) and torch.allclose(w[0, 0, 20:], flat)
+    rim = torch.zeros(32, 32, dtype=torch.bool)
+    rim[9:15, 9:15] = True
+    rim[11:13, 11:13] = False  # the square's inside is flat again
+    assert w[0, 0][rim].min() > 5 * flat and torch.allclose(w[0, 0, 11:13, 11:13], flat)
+    torch.testing.assert_close(pixel_weights(x, 0.0), torch.ones(1, 1, 32, 32))
+    # The weighted loss is the plain one for a flat target, and differs on the square.
+    torch.manual_seed(0)
+    plain, edged = _tiny(bits=8, pixel_loss="l2"), _tiny(bits=8, pixel_loss="l2", edge_weight=8.0)
+    edged.load_state_dict(plain.state_dict())
+    flat_batch = {"image": torch.zeros(2, 3, 16, 16)}
+    torch.testing.assert_close(plain.training_step(flat_batch)[0], edged.training_step(flat_batch)[0])
+    square = {"image": x[:, :, :16, :16].expand(2, -1, -1, -1).contiguous()}
+    assert not torch.allclose(plain.training_step(square)[0], edged.training_step(square)[0])
+    with pytest.raises(ValueError, match="edge_weight"):
+        _tiny(edge_weight=-1.0)
 
 
 def test_bad_inputs_raise_input_error(weights_dir):
