@@ -194,6 +194,30 @@ class BinaryTokenizer(MmtokModel):
         if not train_encoder:
             self.encoder.requires_grad_(False)
 
+    def load_init_state_dict(self, state: dict[str, torch.Tensor], strict: bool = True):
+        """``model.init`` (see ``mmtok train``): loads ``state`` like ``load_state_dict``, and also
+        from a tokenizer with fewer bits. Its K bits become this one's first K (the rows of
+        ``encoder.conv_out``, the input channels of ``decoder.conv_in``); the new bits' decoder
+        weights start at zero, so the wider tokenizer starts out reconstructing exactly as the source
+        did and training teaches the new bits what the old ones lose. Everything else must match."""
+        state = dict(state)
+        old = state.get("encoder.conv_out.weight")
+        if old is not None and old.shape[0] < self.num_bits:
+            k = old.shape[0]
+            own = self.state_dict()
+            enc_w, enc_b = own["encoder.conv_out.weight"].clone(), own["encoder.conv_out.bias"].clone()
+            enc_w[:k], enc_b[:k] = old, state["encoder.conv_out.bias"]
+            dec_w = torch.zeros_like(own["decoder.conv_in.weight"])
+            dec_w[:, :k] = state["decoder.conv_in.weight"]
+            state.update(
+                {
+                    "encoder.conv_out.weight": enc_w,
+                    "encoder.conv_out.bias": enc_b,
+                    "decoder.conv_in.weight": dec_w,
+                }
+            )
+        return self.load_state_dict(state, strict=strict)
+
     @property
     def vocab_size(self) -> int:
         """Number of distinct codes per position, 2**K."""

@@ -559,7 +559,9 @@ def _build_model(cfg: Config) -> nn.Module:
                 f"model.init: {cfg.model.init} holds a {type(source).__name__}, not a {cfg.model.cls}"
             )
         try:
-            result = model.load_state_dict(source.state_dict(), strict=cfg.model.init_strict)
+            # A model may widen a smaller source (BinaryTokenizer: more bits) through its own loader.
+            load = getattr(model, "load_init_state_dict", model.load_state_dict)
+            result = load(source.state_dict(), strict=cfg.model.init_strict)
         except RuntimeError as e:  # same class, other kwargs (shapes differ)
             raise ConfigError(f"model.init: {cfg.model.init} does not fit model.kwargs: {e}") from e
         if result.unexpected_keys:

@@ -170,6 +170,43 @@ def test_edge_weights_put_the_loss_on_outlines():
         _tiny(edge_weight=-1.0)
 
 
+def test_widening_keeps_the_old_bits_and_the_reconstructions():
+    torch.manual_seed(0)
+    small, wide = _tiny(bits=8, sub_tokens=2), _tiny(bits=12, sub_tokens=3)
+    wide.load_init_state_dict(small.state_dict())
+    small.eval(), wide.eval()
+    x = torch.rand(4, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(wide(x), small(x))  # the new bits' decoder weights are zero
+        # The old bits lead each code (most significant first), the new ones follow.
+        torch.testing.assert_close(wide.encode(x) >> 4, small.encode(x))
+    assert wide.decoder.conv_in.weight[:, 8:].abs().sum() == 0
+    assert wide.encoder.conv_out.weight[8:].abs().sum() > 0  # new bits read the image from step 0
+    # Same bits: plain load_state_dict; fewer bits or other layers: refused.
+    same = _tiny(bits=8)
+    same.load_init_state_dict(small.state_dict())
+    torch.testing.assert_close(same.decoder.conv_in.weight, small.decoder.conv_in.weight)
+    with pytest.raises(RuntimeError):
+        _tiny(bits=4, sub_tokens=2).load_init_state_dict(small.state_dict())
+    with pytest.raises(RuntimeError):
+        _tiny(levels=4, bits=12, sub_tokens=3).load_init_state_dict(small.state_dict())
+
+
+@pytest.mark.parametrize("bits", [24, 32])
+def test_widened_stage_configs_start_from_the_shipped_tokenizer(bits):
+    # `mmtok train` builds the model through BinaryTokenizer.load_init_state_dict (model.init).
+    from mmtok.train.config import load_config
+    from mmtok.train.trainer import _build_model
+
+    wide = _build_model(load_config(f"configs/bin-f8-64-b{bits}.yaml")).eval()
+    shipped = mmtok.load("bin-f8-64").eval()
+    assert wide.num_bits == bits and wide.sub_vocab_size == 256
+    x = torch.stack([build_dataset("shapes", "heldout", resolution=64, seed=0)[i]["image"] for i in range(4)])
+    with torch.no_grad():
+        torch.testing.assert_close(wide.float()(x), shipped.float()(x))
+        assert torch.equal(wide.encode(x) >> (bits - 16), shipped.encode(x))
+
+
 def test_bad_inputs_raise_input_error(weights_dir):
     tok = _tiny(4, bits=8).eval()
     for x in (torch.zeros(1, 3, 12, 16), torch.zeros(1, 4, 16, 16), torch.full((1, 3, 8, 8), float("inf"))):
