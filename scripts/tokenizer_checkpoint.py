@@ -5,9 +5,10 @@ judge on held-out shapes, the two figures the tokenizer targets hinge on.
     python scripts/tokenizer_checkpoint.py configs/kl-f8-64-ref128.yaml none   # step 0: the init weights
 
 The model is built from CONFIG exactly as ``mmtok train`` builds it (``model.init`` included), then the
-checkpoint's EMA copy replaces its weights (``none`` keeps the init). Photos: PSNR over the first
-``--photos`` test photos, as ``mmtok eval tokenizer`` computes it; judge: objects and scenes right on the
-first ``--judge`` held-out shapes scenes (``mmtok.eval.tokenizer.judge_reconstructions``), 0 skips either.
+checkpoint's EMA copy (``--weights model``: the live weights) replaces its weights (``none`` keeps the
+init). Photos: PSNR over the first ``--photos`` test photos, as ``mmtok eval tokenizer`` computes it;
+judge: objects and scenes right on the first ``--judge`` held-out shapes scenes
+(``mmtok.eval.tokenizer.judge_reconstructions``), 0 skips either.
 """
 
 from __future__ import annotations
@@ -25,6 +26,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--photos", type=int, default=512)
     parser.add_argument("--judge", type=int, default=256)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--weights",
+        choices=("ema", "model"),
+        default="ema",
+        help="the EMA copy (what export ships) or the live weights",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -40,18 +47,20 @@ def main(argv: list[str] | None = None) -> int:
     step = 0
     if args.checkpoint != "none":
         state = load_checkpoint(args.checkpoint)
-        if state.get("ema") is None:
+        if args.weights == "model":
+            model.load_state_dict(state["model"], strict=True)
+        elif state.get("ema") is None:
             raise SystemExit(f"{args.checkpoint}: the run kept no EMA copy")
-        # timm's ModelEmaV3 keeps the model under "module."
-        ema = {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}
-        model.load_state_dict(ema, strict=True)
+        else:  # timm's ModelEmaV3 keeps the model under "module."
+            ema = {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}
+            model.load_state_dict(ema, strict=True)
         step = int(state["step"])
     model.eval()
 
     def reconstruct(x):
         return model.decode(model.encode(x)).float().clamp(-1, 1)
 
-    out: dict = {"config": args.config, "checkpoint": args.checkpoint, "step": step}
+    out: dict = {"config": args.config, "checkpoint": args.checkpoint, "step": step, "weights": args.weights}
     with torch.no_grad():
         if args.photos:
             photos = build_dataset("photos", "test", resolution=64, seed=0)
