@@ -28,7 +28,9 @@ def test_reads_init_weights_and_a_checkpoints_ema(load_script, tmp_path, capsys)
     with torch.no_grad():  # an EMA copy whose head paints every pixel black
         model.vae.decoder.conv_out.refine[-1].bias.fill_(-10.0)
     ema = {f"module.{k}": v for k, v in model.state_dict().items()}
-    state = {"format": FORMAT, "version": VERSION, "step": 7, "model": {}, "optimizer": {}, "scheduler": {},
+    live = {k: v.clone() for k, v in model.state_dict().items()}
+    live["vae.decoder.conv_out.refine.4.bias"].fill_(10.0)  # the live weights paint every pixel white
+    state = {"format": FORMAT, "version": VERSION, "step": 7, "model": live, "optimizer": {}, "scheduler": {},
              "config": {}, "rng": {}, "ema": ema}  # fmt: skip
     torch.save(state, tmp_path / "step_00000007.pt")
     assert script.main([str(config), str(tmp_path / "step_00000007.pt"), "--photos", "16",
@@ -36,3 +38,10 @@ def test_reads_init_weights_and_a_checkpoints_ema(load_script, tmp_path, capsys)
     dark = json.loads(capsys.readouterr().out)
     assert dark["step"] == 7 and "judge_scenes" not in dark
     assert dark["photos_psnr"] < base["photos_psnr"] - 5
+    # --weights model reads the live weights instead: also far off, and not the EMA's reading.
+    assert script.main([str(config), str(tmp_path / "step_00000007.pt"), "--photos", "16", "--judge", "0",
+                        "--weights", "model"]) == 0  # fmt: skip
+    white = json.loads(capsys.readouterr().out)
+    assert white["weights"] == "model" and dark["weights"] == "ema"
+    assert white["photos_psnr"] < base["photos_psnr"] - 5
+    assert abs(white["photos_psnr"] - dark["photos_psnr"]) > 0.5
