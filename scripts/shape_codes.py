@@ -37,8 +37,7 @@ def main(argv: list[str] | None = None) -> int:
             COLOURS.index(args.colour) + 1,
             1,
         )
-        image = scene_from_labels(*labels, background=0).render(64)
-        return image.float() / 127.5 - 1 if image.dtype == torch.uint8 else image
+        return scene_from_labels(*labels, background=0).render(64)  # float, [-1, 1]
 
     images = {s: torch.stack([render(s, slot) for slot in range(9)]) for s in SHAPES}
     out: dict = {"model": args.model, "pair": args.pair, "bits_per_image": None, "judge_right": {}}
