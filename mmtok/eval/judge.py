@@ -91,6 +91,16 @@ class _Judge(MmtokModel):
             )
         return images.float()
 
+    def feature_maps(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """The trunk's activations after the stem and after each block (differentiable), for an
+        LPIPS-style perceptual loss (``BinaryTokenizer(perceptual=...)``)."""
+        x = self.trunk.stem(self._prepare(images))
+        maps = [x]
+        for block in self.trunk.blocks:
+            x = block(x)
+            maps.append(x)
+        return maps
+
     @torch.no_grad()
     def evaluate(
         self, dataset, device: str | torch.device = "cpu", batch_size: int = 256

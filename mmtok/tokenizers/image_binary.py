@@ -88,6 +88,21 @@ def pixel_weights(images: torch.Tensor, edge_weight: float) -> torch.Tensor:
     return w / w.mean(dim=(1, 2, 3), keepdim=True)
 
 
+def perceptual_distance(net: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """LPIPS-style distance (without LPIPS' learned channel weights) through ``net.feature_maps``: at
+    each depth, every position's feature vector is scaled to unit length, and the squared distance
+    between the two images' vectors is averaged over positions; the depths are averaged. Per image,
+    shape ``(B,)``; gradients flow to ``images`` only."""
+    with torch.no_grad():
+        ref = net.feature_maps(targets)
+    dists = []
+    for a, b in zip(net.feature_maps(images), ref, strict=True):
+        a = torch.nn.functional.normalize(a.float(), dim=1, eps=1e-6)
+        b = torch.nn.functional.normalize(b.float(), dim=1, eps=1e-6)
+        dists.append((a - b).pow(2).sum(1).mean((1, 2)))
+    return torch.stack(dists).mean(0)
+
+
 def _binary_entropy(p: torch.Tensor) -> torch.Tensor:
     """Entropy in bits of Bernoulli(p), safe at 0 and 1."""
     p = p.clamp(1e-7, 1 - 1e-7)
@@ -124,6 +139,13 @@ class BinaryTokenizer(MmtokModel):
             to mean 1 per image). A plain pixel loss spends the bits where the pixels are, and a small
             object covers a few dozen of 4,096: its outline barely moves the loss while the codes
             lose its shape. 0 (the default) is the plain loss.
+        perceptual: name or folder of a frozen network with ``feature_maps(images)`` (e.g. a
+            ``ShapesJudge`` trained by configs/percept-shapes64.yaml) that adds an LPIPS-style term
+            (``perceptual_distance``) to the loss; loaded on the first training step, never saved
+            with the tokenizer and not needed to use it. Pixel losses blur what sets small shapes
+            apart (a diamond's corners, a star's points); a network trained to tell shapes apart
+            weighs exactly those pixels. None (the default): no perceptual term.
+        perceptual_weight: weight of that term.
         train_encoder: False fine-tunes the decoder alone: the encoder is frozen, so every image keeps
             exactly its codes (and every generator trained on them, and their caches, stay valid)
             while reconstructions improve.
@@ -146,6 +168,8 @@ class BinaryTokenizer(MmtokModel):
         entropy_weight: float = 0.01,
         pixel_loss: str = "l1",
         edge_weight: float = 0.0,
+        perceptual: str | None = None,
+        perceptual_weight: float = 0.0,
         train_encoder: bool = True,
     ):
         super().__init__()
@@ -159,6 +183,11 @@ class BinaryTokenizer(MmtokModel):
             raise ValueError(f"pixel_loss must be l1, l2 or l1+l2, got {pixel_loss!r}")
         if edge_weight < 0:
             raise ValueError(f"edge_weight must be >= 0, got {edge_weight}")
+        if perceptual_weight < 0 or (perceptual_weight > 0) != bool(perceptual):
+            raise ValueError(
+                f"perceptual_weight must be > 0 exactly when perceptual names a network, got "
+                f"{perceptual!r}, {perceptual_weight}"
+            )
         levels = len(block_out_channels)
         if levels < 1 or any(c % norm_num_groups for c in block_out_channels):
             raise ValueError(
@@ -190,6 +219,8 @@ class BinaryTokenizer(MmtokModel):
         self.downsample_factor = 2 ** (levels - 1)
         self.quantizer, self.entropy_weight, self.pixel_loss = quantizer, entropy_weight, pixel_loss
         self.edge_weight = float(edge_weight)
+        self.perceptual, self.perceptual_weight = perceptual, float(perceptual_weight)
+        self._percept: list[torch.nn.Module] = []  # a list: not a submodule, so never in state_dict
         self.train_encoder = train_encoder
         if not train_encoder:
             self.encoder.requires_grad_(False)
@@ -357,20 +388,23 @@ class BinaryTokenizer(MmtokModel):
         else:  # decoder-only: the threshold bits encode() hands generators, nothing for the encoder
             with torch.no_grad():
                 bits = (self.logits(images) > 0).float()
-        diff = self.decode_bits(bits).float() - images.float()
+        recon = self.decode_bits(bits).float()
+        diff = recon - images.float()
         l1, l2 = diff.abs().mean(), diff.pow(2).mean()
-        if self.edge_weight:
-            w = pixel_weights(images, self.edge_weight)
-            loss = {
-                "l1": (w * diff.abs()).mean(),
-                "l2": (w * diff.pow(2)).mean(),
-                "l1+l2": (w * (diff.abs() + diff.pow(2))).mean(),
-            }[self.pixel_loss]
-        else:
-            loss = {"l1": l1, "l2": l2, "l1+l2": l1 + l2}[self.pixel_loss]
+        w = pixel_weights(images, self.edge_weight) if self.edge_weight else 1.0
+        loss = {
+            "l1": (w * diff.abs()).mean(),
+            "l2": (w * diff.pow(2)).mean(),
+            "l1+l2": (w * (diff.abs() + diff.pow(2))).mean(),
+        }[self.pixel_loss]
         psnr = -10 * torch.log10((l2.detach() / 4).clamp_min(1e-10))
+        logs = {"l1": l1.detach(), "psnr": psnr}
+        if self.perceptual_weight:
+            percept = perceptual_distance(self._perceptual_net(images.device), recon, images).mean()
+            loss = loss + self.perceptual_weight * percept
+            logs["perceptual"] = percept.detach()
         if not self.train_encoder:  # the bits are fixed: no entropy term to train
-            return loss, {"l1": l1.detach(), "psnr": psnr}
+            return loss, logs
         probs = torch.sigmoid(logits.float())
         # LFQ-style: low entropy per position (confident bits, small train/inference gap) and high
         # entropy of each bit's batch mean (every bit in use); both in bits, averaged over the K bits.
@@ -380,14 +414,23 @@ class BinaryTokenizer(MmtokModel):
             loss = loss + self.entropy_weight * (confidence - usage)
         with torch.no_grad():
             rate = (logits > 0).float().mean(dim=(0, 2, 3))
-        logs = {
-            "l1": l1.detach(),
-            "psnr": psnr,
+        logs |= {
             "bit_entropy": confidence.detach(),
             "bit_usage": usage.detach(),
             "dead_bits": float((_binary_entropy(rate) < 0.01).sum()),
         }
         return loss, logs
+
+    def _perceptual_net(self, device: torch.device) -> torch.nn.Module:
+        """The frozen ``perceptual`` network, loaded once (eval mode, no gradients) on ``device``."""
+        if not self._percept:
+            from ..hub import load
+
+            net = load(self.perceptual, device="cpu").eval().requires_grad_(False)
+            if not hasattr(net, "feature_maps"):
+                raise InputError(f"perceptual network {self.perceptual!r} has no feature_maps()")
+            self._percept.append(net)
+        return self._percept[0].to(device)
 
     @torch.no_grad()
     def evaluate(self, dataset, device: str | torch.device = "cpu", batch_size: int = 64) -> dict[str, float]:

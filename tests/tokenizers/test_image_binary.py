@@ -9,6 +9,7 @@ from mmtok.tokenizers.image_binary import (
     bits_to_codes,
     codes_to_bits,
     merge_codes,
+    perceptual_distance,
     pixel_weights,
     split_codes,
 )
@@ -168,6 +169,65 @@ def test_edge_weights_put_the_loss_on_outlines():
     assert not torch.allclose(plain.training_step(square)[0], edged.training_step(square)[0])
     with pytest.raises(ValueError, match="edge_weight"):
         _tiny(edge_weight=-1.0)
+
+
+def test_perceptual_distance_is_zero_on_the_target_and_grows_with_the_error():
+    from mmtok.eval.judge import ShapesJudge
+
+    torch.manual_seed(0)
+    net = ShapesJudge(widths=(8, 16), hidden=16, resolution=32).eval().requires_grad_(False)
+    maps = net.feature_maps(torch.zeros(2, 3, 32, 32))
+    assert [m.shape[-1] for m in maps] == [16, 16, 8]  # stem, then one map per block
+    y = torch.rand(2, 3, 32, 32) * 2 - 1
+    torch.testing.assert_close(perceptual_distance(net, y, y), torch.zeros(2), atol=1e-6, rtol=0)
+    noise = torch.randn_like(y)
+    small = perceptual_distance(net, y + 0.05 * noise, y)
+    large = perceptual_distance(net, y + 0.5 * noise, y)
+    assert small.shape == (2,) and (small > 0).all() and (large > small).all()
+    x = (y + 0.3 * noise).requires_grad_()
+    perceptual_distance(net, x, y).sum().backward()
+    assert x.grad.abs().sum() > 0
+    assert all(p.grad is None for p in net.parameters())
+
+
+def test_perceptual_term_trains_the_decoder_and_is_never_saved(weights_dir):
+    from mmtok.eval.judge import ShapesJudge
+
+    torch.manual_seed(0)
+    mmtok.hub.save(ShapesJudge(widths=(8, 16), hidden=16, resolution=16), weights_dir / "percept-tiny")
+    base = _tiny(bits=8)
+    tok = _tiny(
+        bits=8, pixel_loss="l2", train_encoder=False, perceptual="percept-tiny", perceptual_weight=1.0
+    )
+    tok.load_state_dict(base.state_dict())
+    assert tok.state_dict().keys() == base.state_dict().keys()
+    x = torch.rand(4, 3, 16, 16) * 2 - 1
+    opt = torch.optim.Adam([p for p in tok.parameters() if p.requires_grad], lr=3e-3)
+    first = None
+    for _ in range(30):
+        loss, logs = tok.training_step({"image": x})
+        first = first if first is not None else logs["perceptual"].item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert set(logs) == {"l1", "psnr", "perceptual"}
+    assert logs["perceptual"].item() < 0.7 * first
+    assert tok.state_dict().keys() == base.state_dict().keys()  # the network is not a submodule
+    # The term adds exactly perceptual_weight * distance to the plain loss.
+    plain = _tiny(bits=8, pixel_loss="l2", train_encoder=False)
+    plain.load_state_dict(tok.state_dict())
+    with torch.no_grad():
+        loss, logs = tok.training_step({"image": x})
+        torch.testing.assert_close(loss, plain.training_step({"image": x})[0] + logs["perceptual"])
+    mmtok.hub.save(tok, weights_dir / "bin-percept-tiny")
+    assert mmtok.load("bin-percept-tiny").state_dict().keys() == base.state_dict().keys()
+    for bad in (
+        {"perceptual": "percept-tiny"},
+        {"perceptual_weight": 1.0},
+        {"perceptual": "x", "perceptual_weight": -1.0},
+    ):
+        with pytest.raises(ValueError, match="perceptual"):
+            _tiny(**bad)
 
 
 def test_widening_keeps_the_old_bits_and_the_reconstructions():
