@@ -3,9 +3,12 @@
     python scripts/judge_errors.py --model bin-f8-64 [--split heldout] [--n 512]
     python scripts/judge_errors.py --blur 1.0      # the originals blurred (Gaussian, sigma in pixels)
     python scripts/judge_errors.py --down2         # the originals at half resolution, upsampled again
+    python scripts/judge_errors.py --model bin-f8-64 --grid errors.png   # and a picture of the misreadings
 
 Prints JSON: scenes right overall, by background and by number of objects, and the most frequent
-(true shape, read shape) pairs among the objects the judge gets wrong. Images are rounded to uint8
+(true shape, read shape) pairs among the objects the judge gets wrong, and how many wrong objects have
+a wrong shape, colour or size. ``--grid`` saves the first 16 misread scenes as pairs (original, then
+what the judge read), 4x enlarged. Images are rounded to uint8
 pixels first, as ``mmtok eval tokenizer`` scores them.
 """
 
@@ -27,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default="heldout", choices=("train", "test", "heldout"))
     parser.add_argument("--n", type=int, default=512)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--grid", help="save the first 16 misread scenes (original | judged) to this PNG")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -51,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     loader = torch.utils.data.DataLoader(
         torch.utils.data.Subset(dataset, range(min(args.n, len(dataset)))), 64
     )
-    scene_ok, backgrounds, counts, confusions = [], [], [], Counter()
+    scene_ok, backgrounds, counts, confusions, attrs, pairs = [], [], [], Counter(), Counter(), []
     with torch.no_grad():
         for batch in loader:
             x = to_pixels(transform(batch["image"]).clamp(-1, 1)).float() / 127.5 - 1
@@ -60,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
             ok = (pred["shape"] == batch["shape"]) & (pred["colour"] == batch["colour"])
             ok &= pred["size"] == batch["size"]
             scene_ok.append((ok | ~occupied).all(1))
+            for key in ("shape", "colour", "size"):
+                attrs[key] += int((occupied & (pred[key] != batch[key])).sum())
+            for i in (~scene_ok[-1]).nonzero().flatten().tolist()[: max(0, 16 - len(pairs))]:
+                pairs.append(torch.stack([batch["image"][i], x[i]]))
             backgrounds.append(batch["background"])
             counts.append(occupied.sum(1))
             for i, j in (occupied & ~ok).nonzero().tolist():
@@ -78,7 +86,14 @@ def main(argv: list[str] | None = None) -> int:
         },
         "by_objects": {int(c): float(scene_ok[counts == c].mean()) for c in counts.unique().tolist()},
         "confusions": [[t, r, n] for (t, r), n in confusions.most_common(10)],
+        "wrong_attribute": dict(attrs),
     }
+    if args.grid and pairs:
+        from torchvision.utils import save_image
+
+        grid = F.interpolate((torch.cat(pairs) + 1) / 2, scale_factor=4, mode="nearest")
+        save_image(grid, args.grid, nrow=8, padding=4, pad_value=1.0)
+        out["grid"] = args.grid
     print(json.dumps(out))
     return 0
 
