@@ -216,6 +216,16 @@ class ShapesJudge(_Judge):
 
 
 @register_model
+class ShapesPerceptual(ShapesJudge):
+    """A ``ShapesJudge`` kept as a perceptual network, not as a judge: its ``feature_maps`` give the
+    binary tokenizer's LPIPS-style loss (``BinaryTokenizer(perceptual=...)``). Same architecture and
+    training; the task differs so that ``mmtok eval judge`` and every score leave it out -- a
+    network a model was trained against must not also grade it."""
+
+    task = "perceptual"
+
+
+@register_model
 class DigitsJudge(_Judge):
     """Digit classifier (0-9) for the digits test bed.
 

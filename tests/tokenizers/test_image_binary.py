@@ -191,10 +191,15 @@ def test_perceptual_distance_is_zero_on_the_target_and_grows_with_the_error():
 
 
 def test_perceptual_term_trains_the_decoder_and_is_never_saved(weights_dir):
-    from mmtok.eval.judge import ShapesJudge
+    from mmtok.errors import MmtokError
+    from mmtok.eval.judge import ShapesPerceptual, evaluate_judges
 
     torch.manual_seed(0)
-    mmtok.hub.save(ShapesJudge(widths=(8, 16), hidden=16, resolution=16), weights_dir / "percept-tiny")
+    mmtok.hub.save(ShapesPerceptual(widths=(8, 16), hidden=16, resolution=16), weights_dir / "percept-tiny")
+    # A perceptual network is no judge: `mmtok eval judge` leaves it out.
+    assert {m["name"]: m["task"] for m in mmtok.list_models()} == {"percept-tiny": "perceptual"}
+    with pytest.raises(MmtokError, match="no judges"):
+        evaluate_judges(progress=False)
     base = _tiny(bits=8)
     tok = _tiny(
         bits=8, pixel_loss="l2", train_encoder=False, perceptual="percept-tiny", perceptual_weight=1.0
