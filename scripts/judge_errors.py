@@ -8,8 +8,8 @@
 Prints JSON: scenes right overall, by background and by number of objects, and the most frequent
 (true shape, read shape) pairs among the objects the judge gets wrong, and how many wrong objects have
 a wrong shape, colour or size. ``--grid`` saves the first 16 misread scenes as pairs (original, then
-what the judge read), 4x enlarged. Images are rounded to uint8
-pixels first, as ``mmtok eval tokenizer`` scores them.
+what the judge read), 4x enlarged. Images are rounded to uint8 pixels first, as ``mmtok eval
+tokenizer`` scores them.
 """
 
 from __future__ import annotations

@@ -140,7 +140,7 @@ class BinaryTokenizer(MmtokModel):
             object covers a few dozen of 4,096: its outline barely moves the loss while the codes
             lose its shape. 0 (the default) is the plain loss.
         perceptual: name or folder of a frozen network with ``feature_maps(images)`` (e.g. a
-            ``ShapesJudge`` trained by configs/percept-shapes64.yaml) that adds an LPIPS-style term
+            ``ShapesPerceptual`` trained by configs/percept-shapes64.yaml) that adds an LPIPS-style term
             (``perceptual_distance``) to the loss; loaded on the first training step, never saved
             with the tokenizer and not needed to use it. Pixel losses blur what sets small shapes
             apart (a diamond's corners, a star's points); a network trained to tell shapes apart
@@ -392,11 +392,13 @@ class BinaryTokenizer(MmtokModel):
         diff = recon - images.float()
         l1, l2 = diff.abs().mean(), diff.pow(2).mean()
         w = pixel_weights(images, self.edge_weight) if self.edge_weight else 1.0
-        loss = {
-            "l1": (w * diff.abs()).mean(),
-            "l2": (w * diff.pow(2)).mean(),
-            "l1+l2": (w * (diff.abs() + diff.pow(2))).mean(),
-        }[self.pixel_loss]
+        if self.pixel_loss == "l1":
+            err = diff.abs()
+        elif self.pixel_loss == "l2":
+            err = diff.pow(2)
+        else:
+            err = diff.abs() + diff.pow(2)
+        loss = (w * err).mean()
         psnr = -10 * torch.log10((l2.detach() / 4).clamp_min(1e-10))
         logs = {"l1": l1.detach(), "psnr": psnr}
         if self.perceptual_weight:
