@@ -258,18 +258,25 @@ def test_widening_keeps_the_old_bits_and_the_reconstructions():
 
 
 @pytest.mark.parametrize("bits", [24, 32])
-def test_widened_stage_configs_start_from_the_shipped_tokenizer(bits):
-    # `mmtok train` builds the model through BinaryTokenizer.load_init_state_dict (model.init).
+def test_widened_stage_configs_start_from_a_16_bit_tokenizer(bits, weights_dir):
+    # `mmtok train` builds the model through BinaryTokenizer.load_init_state_dict (model.init). The
+    # widening configs started from stage 4 (16 bits, git history); a 16-bit tokenizer of the same
+    # layers stands in for it here, so the config's own kwargs are what gets widened.
     from mmtok.train.config import load_config
     from mmtok.train.trainer import _build_model
 
-    wide = _build_model(load_config(f"configs/bin-f8-64-b{bits}.yaml")).eval()
-    shipped = mmtok.load("bin-f8-64").eval()
+    cfg = load_config(f"configs/bin-f8-64-b{bits}.yaml")
+    kwargs = dict(cfg.model.kwargs, bits=16, sub_tokens=2)
+    torch.manual_seed(0)
+    source = BinaryTokenizer(**kwargs).eval()
+    mmtok.hub.save(source, weights_dir / "bin-stage4")
+    cfg.model.init = "bin-stage4"
+    wide = _build_model(cfg).eval()
     assert wide.num_bits == bits and wide.sub_vocab_size == 256
     x = torch.stack([build_dataset("shapes", "heldout", resolution=64, seed=0)[i]["image"] for i in range(4)])
     with torch.no_grad():
-        torch.testing.assert_close(wide.float()(x), shipped.float()(x))
-        assert torch.equal(wide.encode(x) >> (bits - 16), shipped.encode(x))
+        torch.testing.assert_close(wide.float()(x), source.float()(x))
+        assert torch.equal(wide.encode(x) >> (bits - 16), source.encode(x))
 
 
 def test_bad_inputs_raise_input_error(weights_dir):
