@@ -4,7 +4,8 @@ Candidate next tokens that the model produced while decoding are likely to come 
 the same background code, row after row), so they are *recycled* as drafts:
 
     adjacency[v] = the top-k next tokens the model predicted the last time it read token v
-                   (k x vocabulary integers: 8 x 65,536 int32 = 2 MB for 16-bit codes)
+                   (a dict over the codes seen so far: a dense table would be 2**K rows, 16 GiB
+                   for 32-bit codes)
     draft tree   = breadth-first from the last decoded token through ``adjacency`` with a static
                    branching per depth (``tree``; e.g. (3, 2, 1, 1, ...): 3 children of the root, 2 of
                    each of those, then chains)
@@ -14,7 +15,10 @@ the same background code, row after row), so they are *recycled* as drafts:
     update       = ``adjacency[token of every tree node] = top-k of that node's prediction``
 
 A "token" here is a whole position: its m sub-tokens merged into one K-bit code (the draft must
-guess the whole code). Every verification yields at least one token, so decoding never takes more
+guess the whole code). The heads are independent given the hidden state, so the joint distribution
+over the 2**K codes is never formed: its top-k is pruned head by head (``top_codes``), a code's
+probability is the product of its sub-tokens', and the residual of the sampling rule is sampled head by
+head (``sample_excluding``). Every verification yields at least one token, so decoding never takes more
 passes than plain decoding, and the cache keeps only the accepted path's keys and values.
 
 Lossless. Greedy (``temperature=0``): a draft is accepted only when it equals the argmax, so the
@@ -61,15 +65,18 @@ class SpeculativeStats:
 class TokenRecycling:
     """The adjacency matrix of recycled candidates and the draft-tree builder."""
 
-    def __init__(self, vocab_size: int, k: int = 8, tree: tuple[int, ...] = DEFAULT_TREE):
+    def __init__(self, k: int = 8, tree: tuple[int, ...] = DEFAULT_TREE):
         if not tree or any(w < 1 or w > k for w in tree):
             raise InputError(f"tree branching must be a non-empty list of ints in 1..{k}, got {list(tree)}")
         self.k, self.tree = k, tuple(int(w) for w in tree)
-        self.adjacency = torch.full((vocab_size, k), -1, dtype=torch.int32)  # -1 = nothing seen yet
+        # Only codes the model has read get a row: a 64-position image touches a few hundred, while
+        # a dense table needs a row for each of the 2**K codes.
+        self.adjacency: dict[int, list[int]] = {}
 
     def update(self, tokens: torch.Tensor, candidates: torch.Tensor) -> None:
         """``adjacency[tokens[i]] = candidates[i]`` (N and N x k, best first)."""
-        self.adjacency[tokens.long().cpu()] = candidates[:, : self.k].to(torch.int32).cpu()
+        for t, c in zip(tokens.tolist(), candidates[:, : self.k].tolist(), strict=True):
+            self.adjacency[int(t)] = c
 
     def draft(self, root: int, max_depth: int) -> tuple[list[int], list[int], list[int]]:
         """Breadth-first draft tree from token ``root``: (tokens, parents, depths), the root first
@@ -79,9 +86,7 @@ class TokenRecycling:
         for depth, width in enumerate(self.tree[:max_depth], 1):
             nxt = []
             for f in frontier:
-                for cand in self.adjacency[tokens[f], :width].tolist():
-                    if cand < 0:
-                        break
+                for cand in self.adjacency.get(tokens[f], [])[:width]:
                     tokens.append(cand), parents.append(f), depths.append(depth)
                     nxt.append(len(tokens) - 1)
             if not nxt:
@@ -101,14 +106,48 @@ def tree_mask(parents: list[int], device) -> torch.Tensor:
     return mask.to(device)
 
 
-def _joint_log_probs(logits: torch.Tensor) -> torch.Tensor:
-    """Per-head logits N x m x V -> log-probabilities of the full code, N x V^m (independent heads,
-    the first head the most significant sub-token, as ``merge_codes``)."""
+def top_codes(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Per-head logits N x m x V -> the k most likely full codes, N x k, best first (independent
+    heads, the first head the most significant sub-token, as ``merge_codes``).
+
+    Exact without the V**m joint: every sub-token of a top-k code is in its head's top-k (otherwise
+    k better codes differ from it in that sub-token alone), and the same holds for each prefix of
+    heads, so pruning to k after each head loses nothing.
+    """
     logp = logits.float().log_softmax(-1)
-    joint = logp[:, 0]
+    v = logp.shape[-1]
+    vals, codes = logp[:, 0].topk(min(k, v), dim=-1)
     for j in range(1, logp.shape[1]):
-        joint = (joint[:, :, None] + logp[:, j, None, :]).flatten(1)
-    return joint
+        hv, hi = logp[:, j].topk(min(k, v), dim=-1)
+        joint = (vals[:, :, None] + hv[:, None, :]).flatten(1)
+        cand = (codes[:, :, None] * v + hi[:, None, :]).flatten(1)
+        vals, best = joint.topk(min(k, joint.shape[1]), dim=-1)
+        codes = cand.gather(1, best)
+    return codes
+
+
+def code_probability(q: torch.Tensor, sub: list[int]) -> float:
+    """Probability of one full code (its sub-tokens ``sub``) under per-head probabilities m x V."""
+    return float(torch.prod(q[torch.arange(len(sub)), torch.tensor(sub, dtype=torch.long)]))
+
+
+def sample_excluding(q: torch.Tensor, rejected: list[list[int]], generator=None) -> list[int]:
+    """Sub-tokens of one code drawn from the product of the heads' distributions ``q`` (m x V)
+    conditioned on not being one of ``rejected`` (the residual of the sampling rule), head by head:
+    P(x_j = a | prefix, not rejected) is proportional to q_j(a) times the mass left after removing
+    the rejected codes that continue the prefix with a. Exact, and linear in the rejected codes."""
+    out, live = [], rejected
+    for j in range(q.shape[0]):
+        w = q[j].clone()
+        for x in live:  # remove what each rejected code below this prefix would take from a = x[j]
+            w[x[j]] -= q[j, x[j]] * code_probability(q[j + 1 :], x[j + 1 :])
+        w = w.clamp(min=0)
+        if float(w.sum()) <= 0:  # rounding only: the rule never rejects all of the mass
+            w = q[j]
+        a = int(torch.multinomial(w / w.sum(), 1, generator=generator))
+        out.append(a)
+        live = [x for x in live if x[j] == a]
+    return out
 
 
 class SpeculativeELM:
@@ -121,11 +160,11 @@ class SpeculativeELM:
 
     def __init__(self, model: ELM, k: int = 8, tree: tuple[int, ...] = DEFAULT_TREE):
         self.model = model
-        self.recycling = TokenRecycling(2**model.bits, k, tree)
+        self.recycling = TokenRecycling(k, tree)
         self.stats = SpeculativeStats()
 
     def reset(self) -> None:
-        self.recycling.adjacency.fill_(-1)
+        self.recycling.adjacency.clear()
         self.stats = SpeculativeStats()
 
     @torch.no_grad()
@@ -149,9 +188,9 @@ class SpeculativeELM:
         out = torch.stack(seqs)
         return out if return_sequence else m.to_codes(out)
 
-    def _distribution(self, logits, temperature, top_k, top_p) -> torch.Tensor:
-        """Guided logits N x m x V -> the joint probabilities of full codes that plain sampling uses."""
-        return _joint_log_probs(filter_logits(logits, temperature, top_k, top_p)).exp()
+    def _head_probabilities(self, logits, temperature, top_k, top_p) -> torch.Tensor:
+        """Guided logits 1 x m x V -> the per-head probabilities plain sampling uses, m x V (float64)."""
+        return filter_logits(logits, temperature, top_k, top_p).softmax(-1)[0].cpu().double()
 
     def _one(self, cond, cfg, cfg_schedule, temperature, top_k, top_p, generator) -> torch.Tensor:
         m, rec = self.model, self.recycling
@@ -184,8 +223,7 @@ class SpeculativeELM:
             else:
                 logits = logits[0]
             # Recycle: every node's top-k predictions become the candidates after its token.
-            joint = _joint_log_probs(logits)
-            rec.update(torch.tensor(tokens), joint.topk(rec.k, dim=-1).indices)
+            rec.update(torch.tensor(tokens), top_codes(logits, rec.k))
             path, bonus = self._accept(logits, tokens, parents, temperature, top_k, top_p, generator)
             keep = torch.tensor([0, *path], device=device)  # the root and the accepted nodes
             cache.keep(old, keep)
@@ -204,6 +242,9 @@ class SpeculativeELM:
         sub = self.model.pick(logits, temperature, top_k, top_p, generator)  # 1 x m
         return int(merge_codes(sub, self.model.bits)[0])
 
+    def _sub_tokens(self, code: int) -> list[int]:
+        return split_codes(torch.tensor([code]), self.model.bits, self.model.sub_tokens)[0].tolist()
+
     def _accept(self, logits, tokens, parents, temperature, top_k, top_p, generator) -> tuple[list[int], int]:
         """Walk the tree from the root: (accepted node indices, the token the model adds at the end)."""
         children: dict[int, list[int]] = {}
@@ -219,21 +260,30 @@ class SpeculativeELM:
                 if nxt is None:
                     return path, best
             else:
-                p = self._distribution(logits[cur : cur + 1], temperature, top_k, top_p)[0].cpu().double()
-                nxt = None
-                for i in kids:
-                    x = tokens[i]
-                    total = float(p.sum())
-                    if total <= 0:
-                        break
-                    if float(torch.rand((), generator=generator, dtype=torch.float64)) * total < float(p[x]):
+                q = self._head_probabilities(logits[cur : cur + 1], temperature, top_k, top_p)
+                nxt, rejected, total = None, [], 1.0
+                for i in kids:  # siblings are distinct codes
+                    sub = self._sub_tokens(tokens[i])
+                    px = code_probability(q, sub)
+                    if float(torch.rand((), generator=generator, dtype=torch.float64)) * total < px:
                         nxt = i
                         break
-                    p[x] = 0.0  # rejected: the residual distribution
+                    rejected.append(sub)  # rejected: the residual distribution
+                    total -= px
                 if nxt is None:
-                    return path, int(torch.multinomial(p / p.sum(), 1, generator=generator))
+                    sub = sample_excluding(q, rejected, generator)
+                    return path, int(merge_codes(torch.tensor([sub]), self.model.bits)[0])
             path.append(nxt)
             cur = nxt
 
 
-__all__ = ["DEFAULT_TREE", "SpeculativeELM", "SpeculativeStats", "TokenRecycling", "tree_mask"]
+__all__ = [
+    "DEFAULT_TREE",
+    "SpeculativeELM",
+    "SpeculativeStats",
+    "TokenRecycling",
+    "code_probability",
+    "sample_excluding",
+    "top_codes",
+    "tree_mask",
+]
