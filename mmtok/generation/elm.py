@@ -1,8 +1,9 @@
 """ELM: a Llama-style causal transformer over a binary tokenizer's codes, with sub-token decomposition.
 
-The binary autoencoder (``BinaryTokenizer``, e.g. ``bin-f8-64``: 8 x 8 positions of K = 16 bits) gives
-each position a K-bit code. A 2^K-way softmax is large (65,536 for K = 16), so, as in ELM, the K bits
-are split into m sub-tokens of K/m bits (``sub_tokens``; 2 x 8 bits = two 256-way softmaxes):
+The binary autoencoder (``BinaryTokenizer``, e.g. ``bin-f8-64``: 8 x 8 positions of K = 32 bits) gives
+each position a K-bit code. A 2^K-way softmax is large (65,536 for K = 16, 4 billion for K = 32), so, as
+in ELM, the K bits are split into m sub-tokens of K/m bits (``sub_tokens``; 4 x 8 bits = four 256-way
+softmaxes):
 
     input:  m embedding tables (one per sub-token), concatenated and projected back to ``dim``
     output: m heads from the same hidden state; the sub-tokens of a position are sampled independently
@@ -110,8 +111,8 @@ class ELM(Conditioned, MmtokModel):
     def __init__(
         self,
         tokenizer: str = "bin-f8-64",
-        bits: int = 16,
-        sub_tokens: int = 2,
+        bits: int = 32,
+        sub_tokens: int = 4,
         grid: int = 8,
         order: str = "token",
         order_size: Any = None,

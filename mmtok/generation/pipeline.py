@@ -67,6 +67,13 @@ class GenerationPipeline:
         if getattr(self.model, "task", None) != "image-generator" or not hasattr(self.model, "sample"):
             raise InputError(f"{model} is not an image generator: `mmtok models` lists the generators")
         self.tokenizer = hub.load(self.model.tokenizer_name, device=self.device)
+        bits, made = getattr(self.model, "bits", None), getattr(self.tokenizer, "num_bits", None)
+        if bits is not None and made is not None and bits != made:
+            # e.g. a generator trained before its tokenizer was widened: its codes would decode to noise
+            raise InputError(
+                f"{model} predicts {bits}-bit codes but its tokenizer {self.model.tokenizer_name} "
+                f"makes {made}-bit codes: retrain it on that tokenizer's codes"
+            )
         self.bf16 = use_bf16(self.device, bf16)
 
     @property

@@ -8,7 +8,7 @@ the same background code, row after row), so they are *recycled* as drafts:
                    for 32-bit codes)
     draft tree   = breadth-first from the last decoded token through ``adjacency`` with a static
                    branching per depth (``tree``; e.g. (3, 2, 1, 1, ...): 3 children of the root, 2 of
-                   each of those, then chains)
+                   each of those, then chains; the default is (2, 1, 1))
     verify       = ONE forward pass over [last token ; tree nodes] on top of the KV cache, with a
                    tree attention mask (a node sees the cache, its ancestors and itself)
     accept       = the longest path the model agrees with, plus one token from the model at its end
@@ -42,7 +42,11 @@ from ..nn.attention import KVCache
 from ..tokenizers.image_binary import merge_codes, split_codes
 from .elm import ELM, cfg_scale, filter_logits
 
-DEFAULT_TREE = (3, 2, 1, 1, 1, 1, 1, 1)
+# Narrow and shallow: at batch 1 on a CPU each drafted node costs nearly as much as a plain step, and
+# the shapes ELMs accept about one draft per pass. On the shipped elm-shapes64 (fp32, one thread) this
+# tree gives 1.30x plain decoding's tokens/s, where (3, 2, 1, 1, 1, 1, 1, 1) gives 0.78x
+# (benchmarks/bench_speculative.py; docs/generation.md).
+DEFAULT_TREE = (2, 1, 1)
 
 
 @dataclass

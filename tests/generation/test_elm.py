@@ -107,7 +107,7 @@ def test_bad_inputs_are_one_line_errors():
 
 
 def test_pipeline_serves_elm_through_the_binary_tokenizer(tmp_path):
-    m = ELM(bits=16, sub_tokens=2, grid=8, dim=32, depth=1, heads=2, condition="class")
+    m = ELM(bits=32, sub_tokens=4, grid=8, dim=32, depth=1, heads=2, condition="class")  # bin-f8-64's
     folder = mmtok.save(m, tmp_path / "elm")
     pipe = GenerationPipeline(folder)
     seen = []
@@ -116,3 +116,10 @@ def test_pipeline_serves_elm_through_the_binary_tokenizer(tmp_path):
     assert seen[-1] == (64, 64) and len(seen) == 64  # one tick per position
     again = pipe(class_label=3, n=2, seed=0)
     assert torch.equal(result.images[0], again.images[0])
+
+
+def test_pipeline_refuses_a_generator_whose_code_width_its_tokenizer_does_not_make(tmp_path):
+    # A 16-bit ELM (trained before bin-f8-64 was widened to 32 bits) would decode into noise.
+    m = ELM(bits=16, sub_tokens=2, grid=8, dim=32, depth=1, heads=2, condition="class")
+    with pytest.raises(InputError, match="16-bit codes but its tokenizer bin-f8-64 makes 32-bit"):
+        GenerationPipeline(mmtok.save(m, tmp_path / "elm16"))

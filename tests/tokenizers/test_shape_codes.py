@@ -8,7 +8,7 @@ def test_small_diamond_and_cross_get_different_codes(load_script, tmp_path, caps
     png = tmp_path / "pair.png"
     assert script.main(["--pair", "diamond", "cross", "--png", str(png)]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["bits_per_image"] == 8 * 8 * 16
+    assert out["bits_per_image"] == 8 * 8 * 32  # 32 bits per position since stage 6
     differing = out["bits_differing_per_slot"]
     assert len(differing) == 9 and all(0 < n < 64 for n in differing)
     # One small object alone on black: the judge reads the reconstructions of every shape.

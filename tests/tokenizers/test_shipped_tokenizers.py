@@ -41,9 +41,9 @@ def test_bin_f8_64_codes_and_reconstruction():
         codes = tok.encode(images)
         recon = tok.decode(codes)
     assert codes.shape == (16, 8, 8) and codes.dtype == torch.long
-    assert int(codes.min()) >= 0 and int(codes.max()) < 2**16
+    assert tok.num_bits == 32 and int(codes.min()) >= 0 and int(codes.max()) < 2**32
     assert torch.equal(tok.merge_codes(tok.split_codes(codes)), codes)
-    assert float(psnr(to_pixels(images), to_pixels(recon)).mean()) > 28.0  # measured: 31.8 dB on 512
+    assert float(psnr(to_pixels(images), to_pixels(recon)).mean()) > 28.0  # measured: 32.2 dB on 512
 
 
 def _judge_scene_accuracy(name, n=64):
@@ -65,6 +65,6 @@ def test_the_judge_reads_kl_reconstructions_like_the_originals():
 
 
 def test_the_judge_reads_most_binary_reconstructions_right():
-    # measured on 512 scenes: 95.5% (stage 4, before the perceptual term: 93.2%; before training on
-    # hue-rotated shapes: 72.3%); on these first 64: 89.1%
-    assert _judge_scene_accuracy("bin-f8-64") >= 0.87
+    # measured on 512 scenes: 97.5% (stage 6, 32 bits + perceptual; stage 5: 95.5%; stage 4, before
+    # the perceptual term: 93.2%; before training on hue-rotated shapes: 72.3%); on these first 64: 96.9%
+    assert _judge_scene_accuracy("bin-f8-64") >= 0.92
