@@ -293,3 +293,24 @@ def test_bad_inputs_raise_input_error(weights_dir):
     mmtok.hub.save(tok, weights_dir / "bin-tiny")
     x = torch.rand(1, 3, 16, 16) * 2 - 1
     torch.testing.assert_close(mmtok.load("bin-tiny").encode(x), tok.encode(x))
+
+
+def test_subtoken_usage_sees_bits_that_move_together():
+    from mmtok.tokenizers.image_binary import subtoken_usage
+
+    torch.manual_seed(0)
+    # 8 independent balanced confident bits per sub-token: all 256 values in use -> about 1
+    independent = (torch.rand(64, 16, 8, 8) > 0.5).float().clamp(0.001, 0.999)
+    assert subtoken_usage(independent, 2) > 0.95
+    # the same balanced bit copied 8 times: each bit is used half the time, the sub-token takes 2 values
+    one = (torch.rand(64, 1, 8, 8) > 0.5).float().clamp(0.001, 0.999)
+    copies = one.repeat(1, 16, 1, 1)
+    assert abs(float(subtoken_usage(copies, 2)) - 1 / 8) < 0.02
+    # the per-bit measure cannot tell the two apart; a training step logs both, and the subtoken
+    # variant of the entropy term changes the loss
+    tok = _tiny(4, bits=8, sub_tokens=2, usage_entropy="subtoken").train()
+    loss, logs = tok.training_step({"image": torch.rand(2, 3, 16, 16) * 2 - 1})
+    assert {"bit_usage", "subtoken_usage"} <= logs.keys() and 0 <= float(logs["subtoken_usage"]) <= 1
+    loss.backward()
+    with pytest.raises(ValueError):
+        BinaryTokenizer(bits=8, sub_tokens=2, usage_entropy="code")
