@@ -4,12 +4,16 @@
     python scripts/judge_errors.py --blur 1.0      # the originals blurred (Gaussian, sigma in pixels)
     python scripts/judge_errors.py --down2         # the originals at half resolution, upsampled again
     python scripts/judge_errors.py --model bin-f8-64 --grid errors.png   # and a picture of the misreadings
+    python scripts/judge_errors.py --model bin-f8-64 --split train --percept percept-shapes64
 
 Prints JSON: scenes right overall, by background and by number of objects, and the most frequent
 (true shape, read shape) pairs among the objects the judge gets wrong, and how many wrong objects have
 a wrong shape, colour or size. ``--grid`` saves the first 16 misread scenes as pairs (original, then
 what the judge read), 4x enlarged. Images are rounded to uint8 pixels first, as ``mmtok eval
-tokenizer`` scores them.
+tokenizer`` scores them. ``--percept NAME`` also reads each original and its reconstruction with that
+(perceptual, not judge) network: in how many scenes its two readings differ, how many of the judge's
+misread scenes are among them, and its ``logit_consistency`` (KL between the two readings): median
+over all scenes and the values on the misread ones.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default="heldout", choices=("train", "test", "heldout"))
     parser.add_argument("--n", type=int, default=512)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--percept", help="with --model: a perceptual network's view of the same errors")
     parser.add_argument("--grid", help="save the first 16 misread scenes (original | judged) to this PNG")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -56,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.utils.data.Subset(dataset, range(min(args.n, len(dataset)))), 64
     )
     scene_ok, backgrounds, counts, confusions, attrs, pairs = [], [], [], Counter(), Counter(), []
+    percept = mmtok.load(args.percept).eval() if args.percept and args.model else None
+    differ, kls = [], []
     with torch.no_grad():
         for batch in loader:
             x = to_pixels(transform(batch["image"]).clamp(-1, 1)).float() / 127.5 - 1
@@ -68,6 +75,12 @@ def main(argv: list[str] | None = None) -> int:
                 attrs[key] += int((occupied & (pred[key] != batch[key])).sum())
             for i in (~scene_ok[-1]).nonzero().flatten().tolist()[: max(0, 16 - len(pairs))]:
                 pairs.append(torch.stack([batch["image"][i], x[i]]))
+            if percept is not None:
+                from mmtok.tokenizers.image_binary import logit_consistency
+
+                original, read = percept.predict(batch["image"]), percept.predict(x)
+                differ.append(torch.stack([original[k] != read[k] for k in original]).any(0).any(1))
+                kls.append(logit_consistency(percept, x, batch["image"]))
             backgrounds.append(batch["background"])
             counts.append(occupied.sum(1))
             for i, j in (occupied & ~ok).nonzero().tolist():
@@ -88,6 +101,15 @@ def main(argv: list[str] | None = None) -> int:
         "confusions": [[t, r, n] for (t, r), n in confusions.most_common(10)],
         "wrong_attribute": dict(attrs),
     }
+    if percept is not None:
+        differ, kls, wrong = torch.cat(differ), torch.cat(kls), scene_ok == 0
+        out["percept"] = {
+            "name": args.percept,
+            "scenes_read_differently": int(differ.sum()),
+            "of_them_judge_misread": int((differ & wrong).sum()),
+            "kl_median": float(kls.median()),
+            "kl_on_judge_misread": [round(float(v), 4) for v in kls[wrong]],
+        }
     if args.grid and pairs:
         from torchvision.utils import save_image
 

@@ -103,6 +103,24 @@ def perceptual_distance(net: torch.nn.Module, images: torch.Tensor, targets: tor
     return torch.stack(dists).mean(0)
 
 
+def logit_consistency(net: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """KL(net(targets) || net(images)) of a classifier's outputs, summed over its heads (a dict of
+    logits, e.g. a ``ShapesPerceptual``'s per-slot shape / colour / size) and their slots. Per image,
+    shape ``(B,)``; gradients flow to ``images`` only. No labels: the reconstruction must read as the
+    original does, whatever the network makes of the original (right or wrong)."""
+    with torch.no_grad():
+        ref = net(targets)
+    out = net(images)
+    if torch.is_tensor(out):
+        out, ref = {"logits": out}, {"logits": ref}
+    total = torch.zeros(images.shape[0], device=images.device)
+    for key, logits in out.items():
+        log_p, log_q = ref[key].float().log_softmax(-1), logits.float().log_softmax(-1)
+        kl = torch.nn.functional.kl_div(log_q, log_p, log_target=True, reduction="none")
+        total = total + kl.flatten(1).sum(1)
+    return total
+
+
 def _binary_entropy(p: torch.Tensor) -> torch.Tensor:
     """Entropy in bits of Bernoulli(p), safe at 0 and 1."""
     p = p.clamp(1e-7, 1 - 1e-7)
@@ -170,6 +188,15 @@ class BinaryTokenizer(MmtokModel):
             apart (a diamond's corners, a star's points); a network trained to tell shapes apart
             weighs exactly those pixels. None (the default): no perceptual term.
         perceptual_weight: weight of that term.
+        consistency_weight: weight of a second term through the same network, its classification:
+            ``logit_consistency`` (KL of its per-slot predictions on the original and on the
+            reconstruction), on the images whose ``source`` is in ``consistency_sources`` when the batch
+            names sources (a mixture does), on every image otherwise. The feature distance averages
+            over all positions, so a 12-pixel diamond drawn with notches barely moves it; the
+            classifier's reading of that slot flips (on stage 6 the KL is 1e-4 on the median
+            training scene and 2 to 27 on the scenes the judge misreads). Needs ``perceptual``.
+        consistency_sources: the mixture sources the network was trained on (its outputs mean
+            nothing on photos).
         train_encoder: False fine-tunes the decoder alone: the encoder is frozen, so every image keeps
             exactly its codes (and every generator trained on them, and their caches, stay valid)
             while reconstructions improve.
@@ -195,6 +222,8 @@ class BinaryTokenizer(MmtokModel):
         edge_weight: float = 0.0,
         perceptual: str | None = None,
         perceptual_weight: float = 0.0,
+        consistency_weight: float = 0.0,
+        consistency_sources: Sequence[str] = ("shapes",),
         train_encoder: bool = True,
     ):
         super().__init__()
@@ -214,6 +243,10 @@ class BinaryTokenizer(MmtokModel):
             raise ValueError(
                 f"perceptual_weight must be > 0 exactly when perceptual names a network, got "
                 f"{perceptual!r}, {perceptual_weight}"
+            )
+        if consistency_weight < 0 or (consistency_weight > 0 and not perceptual):
+            raise ValueError(
+                f"consistency_weight must be >= 0 and needs a perceptual network, got {consistency_weight}"
             )
         levels = len(block_out_channels)
         if levels < 1 or any(c % norm_num_groups for c in block_out_channels):
@@ -248,6 +281,8 @@ class BinaryTokenizer(MmtokModel):
         self.edge_weight = float(edge_weight)
         self.usage_entropy = usage_entropy
         self.perceptual, self.perceptual_weight = perceptual, float(perceptual_weight)
+        self.consistency_weight = float(consistency_weight)
+        self.consistency_sources = tuple(consistency_sources)
         self._percept: list[torch.nn.Module] = []  # a list: not a submodule, so never in state_dict
         self.train_encoder = train_encoder
         if not train_encoder:
@@ -433,6 +468,18 @@ class BinaryTokenizer(MmtokModel):
             percept = perceptual_distance(self._perceptual_net(images.device), recon, images).mean()
             loss = loss + self.perceptual_weight * percept
             logs["perceptual"] = percept.detach()
+        if self.consistency_weight:
+            keep = torch.ones(images.shape[0], dtype=torch.bool, device=images.device)
+            if "source" in batch:
+                named = [s in self.consistency_sources for s in batch["source"]]
+                keep = torch.tensor(named, device=images.device)
+            kl = torch.zeros((), device=images.device)
+            if keep.any():
+                # Summed over the kept images, divided by the batch: a term per image, like the others.
+                kl = logit_consistency(self._perceptual_net(images.device), recon[keep], images[keep]).sum()
+                kl = kl / images.shape[0]
+            loss = loss + self.consistency_weight * kl
+            logs["consistency"] = kl.detach()
         if not self.train_encoder:  # the bits are fixed: no entropy term to train
             return loss, logs
         probs = torch.sigmoid(logits.float())

@@ -8,6 +8,7 @@ from mmtok.tokenizers.image_binary import (
     BinaryTokenizer,
     bits_to_codes,
     codes_to_bits,
+    logit_consistency,
     merge_codes,
     perceptual_distance,
     pixel_weights,
@@ -233,6 +234,63 @@ def test_perceptual_term_trains_the_decoder_and_is_never_saved(weights_dir):
     ):
         with pytest.raises(ValueError, match="perceptual"):
             _tiny(**bad)
+
+
+def test_logit_consistency_is_zero_on_the_target_and_reaches_the_images():
+    from mmtok.eval.judge import ShapesJudge
+
+    torch.manual_seed(0)
+    net = ShapesJudge(widths=(8, 16), hidden=16, resolution=32).eval().requires_grad_(False)
+    y = torch.rand(3, 3, 32, 32) * 2 - 1
+    torch.testing.assert_close(logit_consistency(net, y, y), torch.zeros(3), atol=1e-6, rtol=0)
+    x = (y + 0.5 * torch.randn_like(y)).requires_grad_()
+    kl = logit_consistency(net, x, y)
+    # By hand: KL(p_y || p_x) of each head's softmax, summed over heads and slots.
+    px, py = net(x), net(y)
+    manual = sum(
+        (py[k].softmax(-1) * (py[k].log_softmax(-1) - px[k].log_softmax(-1))).sum(-1).sum(-1) for k in px
+    )
+    torch.testing.assert_close(kl, manual, atol=1e-5, rtol=1e-4)
+    assert kl.shape == (3,) and (kl > 0).all()
+    kl.sum().backward()
+    assert x.grad.abs().sum() > 0 and all(p.grad is None for p in net.parameters())
+
+
+def test_consistency_term_counts_only_the_named_sources(weights_dir):
+    from mmtok.eval.judge import ShapesPerceptual
+
+    torch.manual_seed(0)
+    mmtok.hub.save(ShapesPerceptual(widths=(8, 16), hidden=16, resolution=16), weights_dir / "percept-tiny")
+    kw = dict(bits=8, pixel_loss="l2", train_encoder=False, perceptual="percept-tiny", perceptual_weight=1.0)
+    tok = _tiny(consistency_weight=2.0, **kw)
+    plain = _tiny(**kw)
+    plain.load_state_dict(tok.state_dict())
+    x = torch.rand(4, 3, 16, 16) * 2 - 1
+    net = tok._perceptual_net(x.device)
+    with torch.no_grad():
+        recon = tok.decode_bits((tok.logits(x) > 0).float()).float()  # unclamped, as training sees it
+        per_image = logit_consistency(net, recon, x)
+        sources = ["shapes", "photos", "shapes", "digits"]
+        loss, logs = tok.training_step({"image": x, "source": sources})
+        # Only the two shapes images count, each as one image of the batch of four.
+        torch.testing.assert_close(logs["consistency"], (per_image[0] + per_image[2]) / 4)
+        torch.testing.assert_close(loss, plain.training_step({"image": x})[0] + 2.0 * logs["consistency"])
+        # Without sources every image counts; with none of the named sources, none does.
+        assert torch.isclose(tok.training_step({"image": x})[1]["consistency"], per_image.mean())
+        assert tok.training_step({"image": x, "source": ["photos"] * 4})[1]["consistency"] == 0
+    # A few decoder steps lower it.
+    opt = torch.optim.Adam([p for p in tok.parameters() if p.requires_grad], lr=3e-3)
+    first = None
+    for _ in range(30):
+        loss, logs = tok.training_step({"image": x})
+        first = first if first is not None else logs["consistency"].item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert logs["consistency"].item() < 0.7 * first
+    for bad in ({"consistency_weight": 1.0}, {"consistency_weight": -1.0, **kw}):
+        with pytest.raises(ValueError, match="consistency_weight"):
+            _tiny(**{"bits": 8, **bad})
 
 
 def test_widening_keeps_the_old_bits_and_the_reconstructions():
