@@ -103,11 +103,14 @@ def perceptual_distance(net: torch.nn.Module, images: torch.Tensor, targets: tor
     return torch.stack(dists).mean(0)
 
 
-def logit_consistency(net: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def logit_consistency(
+    net: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor, heads: Sequence[str] | None = None
+) -> torch.Tensor:
     """KL(net(targets) || net(images)) of a classifier's outputs, summed over its heads (a dict of
     logits, e.g. a ``ShapesPerceptual``'s per-slot shape / colour / size) and their slots. Per image,
     shape ``(B,)``; gradients flow to ``images`` only. No labels: the reconstruction must read as the
-    original does, whatever the network makes of the original (right or wrong)."""
+    original does, whatever the network makes of the original (right or wrong). ``heads``: only these
+    outputs of a dict (None: all of them)."""
     with torch.no_grad():
         ref = net(targets)
     out = net(images)
@@ -115,6 +118,8 @@ def logit_consistency(net: torch.nn.Module, images: torch.Tensor, targets: torch
         out, ref = {"logits": out}, {"logits": ref}
     total = torch.zeros(images.shape[0], device=images.device)
     for key, logits in out.items():
+        if heads is not None and key not in heads:
+            continue
         log_p, log_q = ref[key].float().log_softmax(-1), logits.float().log_softmax(-1)
         kl = torch.nn.functional.kl_div(log_q, log_p, log_target=True, reduction="none")
         total = total + kl.flatten(1).sum(1)
@@ -197,6 +202,8 @@ class BinaryTokenizer(MmtokModel):
             training scene and 2 to 27 on the scenes the judge misreads). Needs ``perceptual``.
         consistency_sources: the mixture sources the network was trained on (its outputs mean
             nothing on photos).
+        consistency_heads: which of the network's outputs the term compares (None: all). The shape
+            head alone: with all three heads a trial traded shape errors for colour errors.
         train_encoder: False fine-tunes the decoder alone: the encoder is frozen, so every image keeps
             exactly its codes (and every generator trained on them, and their caches, stay valid)
             while reconstructions improve.
@@ -224,6 +231,7 @@ class BinaryTokenizer(MmtokModel):
         perceptual_weight: float = 0.0,
         consistency_weight: float = 0.0,
         consistency_sources: Sequence[str] = ("shapes",),
+        consistency_heads: Sequence[str] | None = None,
         train_encoder: bool = True,
     ):
         super().__init__()
@@ -283,6 +291,7 @@ class BinaryTokenizer(MmtokModel):
         self.perceptual, self.perceptual_weight = perceptual, float(perceptual_weight)
         self.consistency_weight = float(consistency_weight)
         self.consistency_sources = tuple(consistency_sources)
+        self.consistency_heads = None if consistency_heads is None else tuple(consistency_heads)
         self._percept: list[torch.nn.Module] = []  # a list: not a submodule, so never in state_dict
         self.train_encoder = train_encoder
         if not train_encoder:
@@ -476,7 +485,8 @@ class BinaryTokenizer(MmtokModel):
             kl = torch.zeros((), device=images.device)
             if keep.any():
                 # Summed over the kept images, divided by the batch: a term per image, like the others.
-                kl = logit_consistency(self._perceptual_net(images.device), recon[keep], images[keep]).sum()
+                net = self._perceptual_net(images.device)
+                kl = logit_consistency(net, recon[keep], images[keep], self.consistency_heads).sum()
                 kl = kl / images.shape[0]
             loss = loss + self.consistency_weight * kl
             logs["consistency"] = kl.detach()

@@ -251,6 +251,12 @@ def test_logit_consistency_is_zero_on_the_target_and_reaches_the_images():
         (py[k].softmax(-1) * (py[k].log_softmax(-1) - px[k].log_softmax(-1))).sum(-1).sum(-1) for k in px
     )
     torch.testing.assert_close(kl, manual, atol=1e-5, rtol=1e-4)
+    shape_only = (py["shape"].softmax(-1) * (py["shape"].log_softmax(-1) - px["shape"].log_softmax(-1))).sum(
+        (1, 2)
+    )
+    torch.testing.assert_close(
+        logit_consistency(net, x, y, heads=("shape",)), shape_only, atol=1e-5, rtol=1e-4
+    )
     assert kl.shape == (3,) and (kl > 0).all()
     kl.sum().backward()
     assert x.grad.abs().sum() > 0 and all(p.grad is None for p in net.parameters())
