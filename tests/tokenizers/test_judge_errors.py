@@ -26,3 +26,17 @@ def test_counts_scenes_backgrounds_and_confusions(load_script, capsys, tmp_path)
 
     assert smeared["grid"] == str(grid) and Image.open(grid).size == (8 * 256 + 9 * 4, 4 * 256 + 5 * 4)
     assert "grid" not in clean
+
+
+def test_percept_reports_its_view_of_the_judges_errors(load_script, capsys):
+    script = load_script("judge_errors")
+    assert (
+        script.main(["--model", "bin-f8-64", "--percept", "percept-shapes64", "--n", "64", "--split", "test"])
+        == 0
+    )
+    out = json.loads(capsys.readouterr().out)
+    p = out["percept"]
+    wrong = round((1 - out["scenes"]) * out["n"])
+    assert p["name"] == "percept-shapes64" and len(p["kl_on_judge_misread"]) == wrong
+    assert 0 <= p["of_them_judge_misread"] <= min(wrong, p["scenes_read_differently"]) <= out["n"]
+    assert 0 <= p["kl_median"] < 1 and all(v >= 0 for v in p["kl_on_judge_misread"])
