@@ -20,6 +20,19 @@ def _tiny(levels=3, bits=8, **kw):
     return BinaryTokenizer(bits=bits, block_out_channels=[8, 16, 16, 16][:levels], norm_num_groups=4, **kw)
 
 
+def _fit(tok, x, key, steps=30):
+    """``steps`` Adam steps of ``tok.training_step`` on ``x``: (the first ``logs[key]``, the last logs)."""
+    opt = torch.optim.Adam([p for p in tok.parameters() if p.requires_grad], lr=3e-3)
+    first = None
+    for _ in range(steps):
+        loss, logs = tok.training_step({"image": x})
+        first = first if first is not None else logs[key].item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return first, logs
+
+
 @pytest.mark.parametrize("levels, f", [(3, 4), (4, 8)])
 def test_codes_shape_range_and_decode(levels, f):
     torch.manual_seed(0)
@@ -208,14 +221,7 @@ def test_perceptual_term_trains_the_decoder_and_is_never_saved(weights_dir):
     tok.load_state_dict(base.state_dict())
     assert tok.state_dict().keys() == base.state_dict().keys()
     x = torch.rand(4, 3, 16, 16) * 2 - 1
-    opt = torch.optim.Adam([p for p in tok.parameters() if p.requires_grad], lr=3e-3)
-    first = None
-    for _ in range(30):
-        loss, logs = tok.training_step({"image": x})
-        first = first if first is not None else logs["perceptual"].item()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    first, logs = _fit(tok, x, "perceptual")
     assert set(logs) == {"l1", "psnr", "perceptual"}
     assert logs["perceptual"].item() < 0.7 * first
     assert tok.state_dict().keys() == base.state_dict().keys()  # the network is not a submodule
@@ -285,14 +291,7 @@ def test_consistency_term_counts_only_the_named_sources(weights_dir):
         assert torch.isclose(tok.training_step({"image": x})[1]["consistency"], per_image.mean())
         assert tok.training_step({"image": x, "source": ["photos"] * 4})[1]["consistency"] == 0
     # A few decoder steps lower it.
-    opt = torch.optim.Adam([p for p in tok.parameters() if p.requires_grad], lr=3e-3)
-    first = None
-    for _ in range(30):
-        loss, logs = tok.training_step({"image": x})
-        first = first if first is not None else logs["consistency"].item()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    first, logs = _fit(tok, x, "consistency")
     assert logs["consistency"].item() < 0.7 * first
     for bad in ({"consistency_weight": 1.0}, {"consistency_weight": -1.0, **kw}):
         with pytest.raises(ValueError, match="consistency_weight"):
