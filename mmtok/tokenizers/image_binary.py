@@ -202,8 +202,9 @@ class BinaryTokenizer(MmtokModel):
             training scene and 2 to 27 on the scenes the judge misreads). Needs ``perceptual``.
         consistency_sources: the mixture sources the network was trained on (its outputs mean
             nothing on photos).
-        consistency_heads: which of the network's outputs the term compares (None: all). The shape
-            head alone: with all three heads a trial traded shape errors for colour errors.
+        consistency_heads: which of the network's outputs the term compares (None: all). In trials
+            on stage 6 all three heads traded shape errors for colour errors, and the shape head alone
+            let the colours drift further (docs/tokenizers.md).
         train_encoder: False fine-tunes the decoder alone: the encoder is frozen, so every image keeps
             exactly its codes (and every generator trained on them, and their caches, stay valid)
             while reconstructions improve.
