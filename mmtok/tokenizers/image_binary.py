@@ -22,7 +22,7 @@ position's bits should be confident while each bit, over a batch, should be used
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -202,9 +202,12 @@ class BinaryTokenizer(MmtokModel):
             training scene and 2 to 27 on the scenes the judge misreads). Needs ``perceptual``.
         consistency_sources: the mixture sources the network was trained on (its outputs mean
             nothing on photos).
-        consistency_heads: which of the network's outputs the term compares (None: all). In trials
-            on stage 6 all three heads traded shape errors for colour errors, and the shape head alone
-            let the colours drift further (docs/tokenizers.md).
+        consistency_heads: which of the network's outputs the term compares (None: all), or a mapping
+            from source to heads (a source it leaves out gets all heads; a batch without sources
+            gets all heads). In trials on stage 6 all three heads traded shape errors for colour
+            errors, and the shape head alone let the colours drift further: the network knows only
+            the palette colours, so its colour head means little on hue-rotated shapes, which is
+            what a mapping such as ``{"shapes-hue": ["shape", "size"]}`` is for (docs/tokenizers.md).
         train_encoder: False fine-tunes the decoder alone: the encoder is frozen, so every image keeps
             exactly its codes (and every generator trained on them, and their caches, stay valid)
             while reconstructions improve.
@@ -232,7 +235,7 @@ class BinaryTokenizer(MmtokModel):
         perceptual_weight: float = 0.0,
         consistency_weight: float = 0.0,
         consistency_sources: Sequence[str] = ("shapes",),
-        consistency_heads: Sequence[str] | None = None,
+        consistency_heads: Sequence[str] | Mapping[str, Sequence[str] | None] | None = None,
         train_encoder: bool = True,
     ):
         super().__init__()
@@ -292,7 +295,15 @@ class BinaryTokenizer(MmtokModel):
         self.perceptual, self.perceptual_weight = perceptual, float(perceptual_weight)
         self.consistency_weight = float(consistency_weight)
         self.consistency_sources = tuple(consistency_sources)
-        self.consistency_heads = None if consistency_heads is None else tuple(consistency_heads)
+        if isinstance(consistency_heads, Mapping):
+            stray = sorted(set(consistency_heads) - set(self.consistency_sources))
+            if stray:
+                raise ValueError(f"consistency_heads names sources {stray} not in consistency_sources")
+            self.consistency_heads = {
+                str(k): None if v is None else tuple(v) for k, v in consistency_heads.items()
+            }
+        else:
+            self.consistency_heads = None if consistency_heads is None else tuple(consistency_heads)
         self._percept: list[torch.nn.Module] = []  # a list: not a submodule, so never in state_dict
         self.train_encoder = train_encoder
         if not train_encoder:
@@ -452,6 +463,24 @@ class BinaryTokenizer(MmtokModel):
 
     # -- training -------------------------------------------------------------------------------
 
+    def _consistency_groups(self, batch: dict, device) -> list[tuple[tuple[str, ...] | None, torch.Tensor]]:
+        """(heads, mask of the batch's images) for each set of heads the consistency term compares:
+        the images whose ``source`` is in ``consistency_sources``, grouped by their heads."""
+        n = batch["image"].shape[0]
+        if "source" not in batch:
+            heads = None if isinstance(self.consistency_heads, dict) else self.consistency_heads
+            return [(heads, torch.ones(n, dtype=torch.bool, device=device))]
+        groups: dict[tuple[str, ...] | None, list[bool]] = {}
+        for i, source in enumerate(batch["source"]):
+            if source not in self.consistency_sources:
+                continue
+            if isinstance(self.consistency_heads, dict):
+                heads = self.consistency_heads.get(source)
+            else:
+                heads = self.consistency_heads
+            groups.setdefault(heads, [False] * n)[i] = True
+        return [(h, torch.tensor(m, device=device)) for h, m in groups.items()]
+
     def training_step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         """Reconstruction (L1 / L2) through the binary bottleneck + ``entropy_weight`` * entropy term."""
         images = batch["image"]
@@ -479,16 +508,12 @@ class BinaryTokenizer(MmtokModel):
             loss = loss + self.perceptual_weight * percept
             logs["perceptual"] = percept.detach()
         if self.consistency_weight:
-            keep = torch.ones(images.shape[0], dtype=torch.bool, device=images.device)
-            if "source" in batch:
-                named = [s in self.consistency_sources for s in batch["source"]]
-                keep = torch.tensor(named, device=images.device)
             kl = torch.zeros((), device=images.device)
-            if keep.any():
-                # Summed over the kept images, divided by the batch: a term per image, like the others.
+            # Summed over the kept images, divided by the batch: a term per image, like the others.
+            for heads, keep in self._consistency_groups(batch, images.device):
                 net = self._perceptual_net(images.device)
-                kl = logit_consistency(net, recon[keep], images[keep], self.consistency_heads).sum()
-                kl = kl / images.shape[0]
+                kl = kl + logit_consistency(net, recon[keep], images[keep], heads).sum()
+            kl = kl / images.shape[0]
             loss = loss + self.consistency_weight * kl
             logs["consistency"] = kl.detach()
         if not self.train_encoder:  # the bits are fixed: no entropy term to train

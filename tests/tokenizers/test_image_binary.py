@@ -377,3 +377,31 @@ def test_subtoken_usage_sees_bits_that_move_together():
     loss.backward()
     with pytest.raises(ValueError):
         BinaryTokenizer(bits=8, sub_tokens=2, usage_entropy="code")
+
+
+def test_consistency_heads_per_source(weights_dir):
+    from mmtok.eval.judge import ShapesPerceptual
+
+    torch.manual_seed(0)
+    mmtok.hub.save(ShapesPerceptual(widths=(8, 16), hidden=16, resolution=16), weights_dir / "percept-tiny")
+    kw = dict(bits=8, pixel_loss="l2", train_encoder=False, perceptual="percept-tiny", perceptual_weight=1.0)
+    tok = _tiny(
+        consistency_weight=1.0,
+        consistency_sources=("shapes", "shapes-hue"),
+        consistency_heads={"shapes-hue": ["shape", "size"]},
+        **kw,
+    )
+    x = torch.rand(4, 3, 16, 16) * 2 - 1
+    net = tok._perceptual_net(x.device)
+    with torch.no_grad():
+        recon = tok.decode_bits((tok.logits(x) > 0).float()).float()
+        every = logit_consistency(net, recon, x)
+        no_colour = logit_consistency(net, recon, x, heads=("shape", "size"))
+        assert (every > no_colour).all()  # the colour head adds a positive KL: the two readings differ
+        logs = tok.training_step({"image": x, "source": ["shapes", "shapes-hue", "photos", "shapes-hue"]})[1]
+        # Palette shapes: all heads; hue-rotated shapes: shape and size only; photos: nothing.
+        torch.testing.assert_close(logs["consistency"], (every[0] + no_colour[1] + no_colour[3]) / 4)
+        # Without sources, every image with every head.
+        torch.testing.assert_close(tok.training_step({"image": x})[1]["consistency"], every.mean())
+    with pytest.raises(ValueError, match="not in consistency_sources"):
+        _tiny(consistency_weight=1.0, consistency_heads={"digits": ["shape"]}, **kw)
