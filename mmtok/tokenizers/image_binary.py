@@ -510,8 +510,8 @@ class BinaryTokenizer(MmtokModel):
         if self.consistency_weight:
             kl = torch.zeros((), device=images.device)
             # Summed over the kept images, divided by the batch: a term per image, like the others.
+            net = self._perceptual_net(images.device)  # loaded already: the term needs ``perceptual``
             for heads, keep in self._consistency_groups(batch, images.device):
-                net = self._perceptual_net(images.device)
                 kl = kl + logit_consistency(net, recon[keep], images[keep], heads).sum()
             kl = kl / images.shape[0]
             loss = loss + self.consistency_weight * kl
