@@ -6,9 +6,11 @@ Trains a copy of the tokenizer's decoder (the encoder, and so every code, stays 
 shapes judge itself: L2 to the original plus ``--weight`` x the judge's cross-entropy on the scene's
 true labels, on shapes ``train`` scenes. Then reads the first ``--n`` shapes ``test`` scenes (the
 selection set of ``scripts/judge_errors.py --split test``) through the untouched and the oracle
-decoder. The oracle is allowed what no shipped model is (the judge in its loss), so what it still
-misreads is close to what the codes themselves lose; what it fixes, a decoder could draw. Nothing is
-saved. Prints one JSON line.
+decoder. The oracle is allowed what no shipped model is (the judge in its loss): a scene it reads right
+that the untouched decoder misreads is one whose codes hold the answer; one both misread may be lost in
+the codes, or beyond what a short fine-tune finds. The JSON also gives the judge's mean cross-entropy
+on the first and last 50 training batches (fresh scenes every step). Nothing is saved. Prints one JSON
+line.
 """
 
 from __future__ import annotations
