@@ -15,11 +15,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from collections import Counter
+from pathlib import Path
 
 import torch
 from torch import nn
+
+# scripts/ is not a package: the sibling that reads reconstructions with the judge is imported by path.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from decoder_oracle import _judge_scenes  # noqa: E402
 
 
 class CodeProbe(nn.Module):
@@ -72,7 +78,6 @@ def main(argv: list[str] | None = None) -> int:
 
     import mmtok
     from mmtok.data import build_dataset
-    from mmtok.tokenizers.image_kl import to_pixels
 
     start = time.time()
     tok = mmtok.load(args.model).eval()
@@ -116,17 +121,9 @@ def main(argv: list[str] | None = None) -> int:
 
                 for s, t in zip(test_y[key][bad].tolist(), pred[bad].tolist(), strict=True):
                     confusions[(SHAPES[s - 1], SHAPES[t - 1] if t > 0 else "empty")] += 1
-        judge_ok = []
-        for i in range(0, len(test_x), 64):
-            images = torch.stack([test_set[j]["image"] for j in range(i, min(i + 64, len(test_x)))])
-            x = to_pixels(tok(images).float().clamp(-1, 1)).float() / 127.5 - 1
-            pred = judge.predict(x)
-            ok = torch.ones(len(x), dtype=torch.bool)
-            sl = slice(i, i + len(x))
-            for key in ("shape", "colour", "size"):
-                ok &= ~((test_y["shape"][sl] > 0) & (pred[key] != test_y[key][sl])).any(1)
-            judge_ok.append(ok)
-        judge_ok = torch.cat(judge_ok)
+    _, _, misread = _judge_scenes(tok, judge, test_set, args.n)
+    judge_ok = torch.ones(len(test_x), dtype=torch.bool)
+    judge_ok[misread] = False
     print(json.dumps({
         "model": args.model, "train_scenes": args.train, "test_scenes": args.n,
         "probe_scenes": round(float(probe_ok.float().mean()), 4),
