@@ -134,7 +134,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         result = {
             name: evaluate_tokenizer(
                 name,
-                n=args.n or 512,
+                n=args.n or 2000,
                 device=args.device,
                 seed=args.seed,
                 progress=not args.json,
@@ -270,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--n",
         type=int,
         default=None,
-        help="samples: per test bed (judge 2000, tokenizer 512), per prompt group or class "
+        help="samples: per test bed (judge 2000, tokenizer 2000), per prompt group or class "
         "(generation 256), phantom cases (weaklabel 200)",
     )
     p.add_argument("--device", default="cpu")

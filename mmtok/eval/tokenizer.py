@@ -20,7 +20,7 @@ BEDS = (("shapes", "heldout", {}), ("digits", "test", {}), ("photos", "test", {}
 @torch.no_grad()
 def evaluate_tokenizer(
     name: str,
-    n: int = 512,
+    n: int = 2000,
     device: str = "cpu",
     seed: int = 0,
     judge: str = "judge-shapes64",
@@ -62,7 +62,12 @@ def evaluate_tokenizer(
 
 @torch.no_grad()
 def judge_reconstructions(
-    reconstruct, scorer, n: int = 512, seed: int = 0, device: str | torch.device = "cpu", batch_size: int = 64
+    reconstruct,
+    scorer,
+    n: int = 2000,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    batch_size: int = 64,
 ) -> dict[str, float]:
     """The judge on the first ``n`` held-out shapes scenes and on ``reconstruct``'s uint8-rounded
     reconstructions of them: judge-FID of its per-slot features, and objects / scenes / attributes

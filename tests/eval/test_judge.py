@@ -29,6 +29,33 @@ def test_shapes_judge_outputs_and_consistent_predictions():
         judge(torch.zeros(3, 64, 64))
 
 
+def test_hue_rotated_training_images_drop_only_their_colour_term():
+    from mmtok.eval.judge import _rotate_hue
+
+    ds = build_dataset("shapes", "train", resolution=32)
+    batch = torch.utils.data.default_collate([ds[i] for i in range(8)])
+    torch.manual_seed(0)
+    images, rotated = _rotate_hue(batch["image"], 0.5)
+    assert 0 < int(rotated.sum()) < 8  # some of each at p=0.5 and this seed
+    assert torch.equal(images[~rotated], batch["image"][~rotated])
+    assert not torch.allclose(images[rotated], batch["image"][rotated], atol=0.05)
+    assert images.min() >= -1 and images.max() <= 1
+
+    # Every rotated image's colour term is dropped, the rest count: with p=1 the colour head gets no
+    # gradient at all, with p=0 it does.
+    for prob, expect_grad in ((1.0, False), (0.0, True)):
+        torch.manual_seed(0)
+        judge = ShapesJudge(widths=(8, 16), hidden=16, resolution=32, hue_prob=prob).train()
+        loss, logs = judge.training_step(batch)
+        loss.backward()
+        colour_rows = slice(judge.n_out[0], judge.n_out[0] + judge.n_out[1])
+        grad = judge.head[-1].weight.grad[colour_rows]
+        assert (grad.abs().sum() > 0) == expect_grad
+        assert torch.isfinite(loss) and 0 <= logs["scene_exact"] <= 1
+    with pytest.raises(ValueError):
+        ShapesJudge(hue_prob=1.5)
+
+
 def test_judges_are_batch_independent():
     """GroupNorm, no batch statistics: a verdict never depends on the rest of the batch."""
     torch.manual_seed(0)
