@@ -26,6 +26,7 @@ import math
 from typing import Any
 
 import numpy as np
+import torch
 from torch.utils.data import Dataset
 
 from ..errors import ConfigError
@@ -131,9 +132,13 @@ class MixtureDataset(Dataset):
         item = self.datasets[part][inner]
         out = {**{k: item[k] for k in self.keys}, "source": self.sources[part]}
         if hue:
-            from torchvision.transforms.v2.functional import adjust_hue
-
-            # Images live in [-1, 1]; adjust_hue works on [0, 1].
-            image = adjust_hue((out["image"].float() + 1) / 2, hue) * 2 - 1
-            out["image"] = image.to(item["image"].dtype)
+            out["image"] = rotate_hue(out["image"], hue)
         return out
+
+
+def rotate_hue(image: torch.Tensor, amount: float) -> torch.Tensor:
+    """``image`` (3xHxW in [-1, 1], any dtype) with its hue rotated by ``amount`` of a turn."""
+    from torchvision.transforms.v2.functional import adjust_hue
+
+    # adjust_hue works on [0, 1].
+    return (adjust_hue((image.float() + 1) / 2, amount) * 2 - 1).to(image.dtype)

@@ -75,14 +75,13 @@ def _augment(images: torch.Tensor, max_shift: float, max_rot: float, max_scale: 
 def _rotate_hue(images: torch.Tensor, prob: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotate the hue of each image with probability ``prob`` by an amount in [-0.5, 0.5) (torch's
     global RNG, as ``_augment``); returns the images and a bool mask of the rotated ones."""
-    from torchvision.transforms.v2.functional import adjust_hue
+    from ..data.mixture import rotate_hue
 
     rotated = torch.rand(images.shape[0]) < prob
     amounts = torch.rand(images.shape[0]) - 0.5
     out = images.clone()
     for i in torch.nonzero(rotated).flatten().tolist():
-        # adjust_hue works on [0, 1]; images live in [-1, 1].
-        out[i] = adjust_hue((images[i].float() + 1) / 2, float(amounts[i])).to(images.dtype) * 2 - 1
+        out[i] = rotate_hue(images[i], float(amounts[i]))
     return out, rotated.to(images.device)
 
 
