@@ -128,13 +128,13 @@ def _one_model(args: argparse.Namespace, example: str) -> str:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     if args.what == "tokenizer":
-        from .eval.tokenizer import evaluate_tokenizer
+        from .eval.tokenizer import DEFAULT_N, evaluate_tokenizer
 
         name = _one_model(args, "kl-f8-64")
         result = {
             name: evaluate_tokenizer(
                 name,
-                n=args.n or 2000,
+                n=args.n or DEFAULT_N,
                 device=args.device,
                 seed=args.seed,
                 progress=not args.json,

@@ -15,12 +15,15 @@ import torch
 
 # (dataset, split, extra kwargs): the held-out data every tokenizer is measured on.
 BEDS = (("shapes", "heldout", {}), ("digits", "test", {}), ("photos", "test", {}))
+# Images per test bed: every held-out shapes scene (2000), every test photo (1000) and digit (355).
+# 512 was too few to rank decoders a few scenes apart.
+DEFAULT_N = 2000
 
 
 @torch.no_grad()
 def evaluate_tokenizer(
     name: str,
-    n: int = 2000,
+    n: int = DEFAULT_N,
     device: str = "cpu",
     seed: int = 0,
     judge: str = "judge-shapes64",
@@ -64,7 +67,7 @@ def evaluate_tokenizer(
 def judge_reconstructions(
     reconstruct,
     scorer,
-    n: int = 2000,
+    n: int = DEFAULT_N,
     seed: int = 0,
     device: str | torch.device = "cpu",
     batch_size: int = 64,
