@@ -192,7 +192,8 @@ class BinaryTokenizer(MmtokModel):
             with the tokenizer and not needed to use it. Pixel losses blur what sets small shapes
             apart (a diamond's corners, a star's points); a network trained to tell shapes apart
             weighs exactly those pixels. None (the default): no perceptual term.
-        perceptual_weight: weight of that term.
+            A list names several networks, each with its own weight: each adds its own distance.
+        perceptual_weight: weight of that term (a list: one weight per network).
         consistency_weight: weight of a second term through the same network, its classification:
             ``logit_consistency`` (KL of its per-slot predictions on the original and on the
             reconstruction), on the images whose ``source`` is in ``consistency_sources`` when the batch
@@ -208,6 +209,9 @@ class BinaryTokenizer(MmtokModel):
             errors, and the shape head alone let the colours drift further: the network knows only
             the palette colours, so its colour head means little on hue-rotated shapes, which is
             what a mapping such as ``{"shapes-hue": ["shape", "size"]}`` is for (docs/tokenizers.md).
+        consistency_networks: with several ``perceptual`` networks, which one reads each source for
+            the consistency term (a mapping from source to network name; a source it leaves out, or
+            a batch without sources, uses the first network).
         train_encoder: False fine-tunes the decoder alone: the encoder is frozen, so every image keeps
             exactly its codes (and every generator trained on them, and their caches, stay valid)
             while reconstructions improve.
@@ -231,11 +235,12 @@ class BinaryTokenizer(MmtokModel):
         usage_entropy: str = "bit",
         pixel_loss: str = "l1",
         edge_weight: float = 0.0,
-        perceptual: str | None = None,
-        perceptual_weight: float = 0.0,
+        perceptual: str | Sequence[str] | None = None,
+        perceptual_weight: float | Sequence[float] = 0.0,
         consistency_weight: float = 0.0,
         consistency_sources: Sequence[str] = ("shapes",),
         consistency_heads: Sequence[str] | Mapping[str, Sequence[str] | None] | None = None,
+        consistency_networks: Mapping[str, str] | None = None,
         train_encoder: bool = True,
     ):
         super().__init__()
@@ -251,11 +256,19 @@ class BinaryTokenizer(MmtokModel):
             raise ValueError(f"pixel_loss must be l1, l2 or l1+l2, got {pixel_loss!r}")
         if edge_weight < 0:
             raise ValueError(f"edge_weight must be >= 0, got {edge_weight}")
-        if perceptual_weight < 0 or (perceptual_weight > 0) != bool(perceptual):
+        nets = (perceptual,) if isinstance(perceptual, str) or perceptual is None else tuple(perceptual)
+        one = isinstance(perceptual_weight, int | float)
+        weights = (perceptual_weight,) if one else tuple(perceptual_weight)
+        if len(nets) != len(weights) or any(
+            w < 0 or (w > 0) != bool(n) for n, w in zip(nets, weights, strict=True)
+        ):
             raise ValueError(
-                f"perceptual_weight must be > 0 exactly when perceptual names a network, got "
-                f"{perceptual!r}, {perceptual_weight}"
+                f"perceptual_weight must be > 0 exactly when perceptual names a network (one weight per "
+                f"network), got {perceptual!r}, {perceptual_weight}"
             )
+        stray = sorted(set((consistency_networks or {}).values()) - set(nets))
+        if stray:
+            raise ValueError(f"consistency_networks names networks {stray} not in perceptual")
         if consistency_weight < 0 or (consistency_weight > 0 and not perceptual):
             raise ValueError(
                 f"consistency_weight must be >= 0 and needs a perceptual network, got {consistency_weight}"
@@ -292,7 +305,12 @@ class BinaryTokenizer(MmtokModel):
         self.quantizer, self.entropy_weight, self.pixel_loss = quantizer, entropy_weight, pixel_loss
         self.edge_weight = float(edge_weight)
         self.usage_entropy = usage_entropy
-        self.perceptual, self.perceptual_weight = perceptual, float(perceptual_weight)
+        # One network and weight, or none: kept as plain values (what a config names).
+        keep = [(n, float(w)) for n, w in zip(nets, weights, strict=True) if n]
+        self.perceptual_terms: tuple[tuple[str, float], ...] = tuple(keep)
+        self.perceptual = keep[0][0] if keep else None
+        self.perceptual_weight = sum(w for _, w in keep)
+        self.consistency_networks = dict(consistency_networks or {})
         self.consistency_weight = float(consistency_weight)
         self.consistency_sources = tuple(consistency_sources)
         if isinstance(consistency_heads, Mapping):
@@ -304,7 +322,7 @@ class BinaryTokenizer(MmtokModel):
             }
         else:
             self.consistency_heads = None if consistency_heads is None else tuple(consistency_heads)
-        self._percept: list[torch.nn.Module] = []  # a list: not a submodule, so never in state_dict
+        self._percept: dict[str, torch.nn.Module] = {}  # a dict: not a submodule, so never in state_dict
         self.train_encoder = train_encoder
         if not train_encoder:
             self.encoder.requires_grad_(False)
@@ -463,14 +481,18 @@ class BinaryTokenizer(MmtokModel):
 
     # -- training -------------------------------------------------------------------------------
 
-    def _consistency_groups(self, batch: dict, device) -> list[tuple[tuple[str, ...] | None, torch.Tensor]]:
-        """(heads, mask of the batch's images) for each set of heads the consistency term compares:
-        the images whose ``source`` is in ``consistency_sources``, grouped by their heads."""
+    def _consistency_groups(
+        self, batch: dict, device
+    ) -> list[tuple[tuple[str, ...] | None, str, torch.Tensor]]:
+        """(heads, network, mask of the batch's images) for each set of heads and perceptual network
+        the consistency term compares: the images whose ``source`` is in ``consistency_sources``,
+        grouped by their heads and network."""
         n = batch["image"].shape[0]
+        first = self.perceptual
         if "source" not in batch:
             heads = None if isinstance(self.consistency_heads, dict) else self.consistency_heads
-            return [(heads, torch.ones(n, dtype=torch.bool, device=device))]
-        groups: dict[tuple[str, ...] | None, list[bool]] = {}
+            return [(heads, first, torch.ones(n, dtype=torch.bool, device=device))]
+        groups: dict[tuple[tuple[str, ...] | None, str], list[bool]] = {}
         for i, source in enumerate(batch["source"]):
             if source not in self.consistency_sources:
                 continue
@@ -478,8 +500,9 @@ class BinaryTokenizer(MmtokModel):
                 heads = self.consistency_heads.get(source)
             else:
                 heads = self.consistency_heads
-            groups.setdefault(heads, [False] * n)[i] = True
-        return [(h, torch.tensor(m, device=device)) for h, m in groups.items()]
+            net = self.consistency_networks.get(source, first)
+            groups.setdefault((heads, net), [False] * n)[i] = True
+        return [(h, net, torch.tensor(m, device=device)) for (h, net), m in groups.items()]
 
     def training_step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         """Reconstruction (L1 / L2) through the binary bottleneck + ``entropy_weight`` * entropy term."""
@@ -503,15 +526,15 @@ class BinaryTokenizer(MmtokModel):
         loss = (w * err).mean()
         psnr = -10 * torch.log10((l2.detach() / 4).clamp_min(1e-10))
         logs = {"l1": l1.detach(), "psnr": psnr}
-        if self.perceptual_weight:
-            percept = perceptual_distance(self._perceptual_net(images.device), recon, images).mean()
-            loss = loss + self.perceptual_weight * percept
-            logs["perceptual"] = percept.detach()
+        for i, (name, weight) in enumerate(self.perceptual_terms):
+            percept = perceptual_distance(self._perceptual_net(name, images.device), recon, images).mean()
+            loss = loss + weight * percept
+            logs["perceptual" if i == 0 else f"perceptual{i + 1}"] = percept.detach()
         if self.consistency_weight:
             kl = torch.zeros((), device=images.device)
             # Summed over the kept images, divided by the batch: a term per image, like the others.
-            net = self._perceptual_net(images.device)  # loaded already: the term needs ``perceptual``
-            for heads, keep in self._consistency_groups(batch, images.device):
+            for heads, name, keep in self._consistency_groups(batch, images.device):
+                net = self._perceptual_net(name, images.device)
                 kl = kl + logit_consistency(net, recon[keep], images[keep], heads).sum()
             kl = kl / images.shape[0]
             loss = loss + self.consistency_weight * kl
@@ -537,16 +560,16 @@ class BinaryTokenizer(MmtokModel):
         }
         return loss, logs
 
-    def _perceptual_net(self, device: torch.device) -> torch.nn.Module:
-        """The frozen ``perceptual`` network, loaded once (eval mode, no gradients) on ``device``."""
-        if not self._percept:
+    def _perceptual_net(self, name: str, device: torch.device) -> torch.nn.Module:
+        """The frozen perceptual network ``name``, loaded once (eval mode, no gradients) on ``device``."""
+        if name not in self._percept:
             from ..hub import load
 
-            net = load(self.perceptual, device="cpu").eval().requires_grad_(False)
+            net = load(name, device="cpu").eval().requires_grad_(False)
             if not hasattr(net, "feature_maps"):
-                raise InputError(f"perceptual network {self.perceptual!r} has no feature_maps()")
-            self._percept.append(net)
-        return self._percept[0].to(device)
+                raise InputError(f"perceptual network {name!r} has no feature_maps()")
+            self._percept[name] = net
+        return self._percept[name].to(device)
 
     @torch.no_grad()
     def evaluate(self, dataset, device: str | torch.device = "cpu", batch_size: int = 64) -> dict[str, float]:

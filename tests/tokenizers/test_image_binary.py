@@ -278,7 +278,7 @@ def test_consistency_term_counts_only_the_named_sources(weights_dir):
     plain = _tiny(**kw)
     plain.load_state_dict(tok.state_dict())
     x = torch.rand(4, 3, 16, 16) * 2 - 1
-    net = tok._perceptual_net(x.device)
+    net = tok._perceptual_net("percept-tiny", x.device)
     with torch.no_grad():
         recon = tok.decode_bits((tok.logits(x) > 0).float()).float()  # unclamped, as training sees it
         per_image = logit_consistency(net, recon, x)
@@ -379,6 +379,49 @@ def test_subtoken_usage_sees_bits_that_move_together():
         BinaryTokenizer(bits=8, sub_tokens=2, usage_entropy="code")
 
 
+def test_two_perceptual_networks_each_add_their_term_and_consistency_picks_one_per_source(weights_dir):
+    from mmtok.eval.judge import ShapesPerceptual
+
+    torch.manual_seed(0)
+    for name in ("percept-a", "percept-b"):
+        mmtok.hub.save(ShapesPerceptual(widths=(8, 16), hidden=16, resolution=16), weights_dir / name)
+    kw = dict(bits=8, pixel_loss="l2", train_encoder=False)
+    tok = _tiny(
+        perceptual=["percept-a", "percept-b"],
+        perceptual_weight=[0.5, 2.0],
+        consistency_weight=1.0,
+        consistency_sources=("shapes", "shapes-hue"),
+        consistency_networks={"shapes-hue": "percept-b"},
+        **kw,
+    )
+    plain = _tiny(**kw)
+    plain.load_state_dict(tok.state_dict())
+    assert tok.state_dict().keys() == plain.state_dict().keys()  # neither network is saved
+    x = torch.rand(4, 3, 16, 16) * 2 - 1
+    a, b = tok._perceptual_net("percept-a", x.device), tok._perceptual_net("percept-b", x.device)
+    with torch.no_grad():
+        recon = tok.decode_bits((tok.logits(x) > 0).float()).float()
+        loss, logs = tok.training_step({"image": x, "source": ["shapes", "shapes-hue", "photos", "shapes"]})
+        # Each network's distance is logged and weighted on its own.
+        torch.testing.assert_close(logs["perceptual"], perceptual_distance(a, recon, x).mean())
+        torch.testing.assert_close(logs["perceptual2"], perceptual_distance(b, recon, x).mean())
+        # Palette shapes are read by the first network, hue-rotated ones by the second.
+        by_a, by_b = logit_consistency(a, recon, x), logit_consistency(b, recon, x)
+        assert not torch.allclose(by_a, by_b)
+        torch.testing.assert_close(logs["consistency"], (by_a[0] + by_b[1] + by_a[3]) / 4)
+        plain_loss = plain.training_step({"image": x})[0]
+        expected = plain_loss + 0.5 * logs["perceptual"] + 2.0 * logs["perceptual2"] + logs["consistency"]
+        torch.testing.assert_close(loss, expected)
+    for bad in (
+        {"perceptual": ["percept-a", "percept-b"], "perceptual_weight": 1.0},
+        {"perceptual": ["percept-a", "percept-b"], "perceptual_weight": [1.0, 0.0]},
+    ):
+        with pytest.raises(ValueError, match="perceptual_weight"):
+            _tiny(**bad)
+    with pytest.raises(ValueError, match="consistency_networks"):
+        _tiny(perceptual="percept-a", perceptual_weight=1.0, consistency_networks={"shapes": "percept-c"})
+
+
 def test_consistency_heads_per_source(weights_dir):
     from mmtok.eval.judge import ShapesPerceptual
 
@@ -392,7 +435,7 @@ def test_consistency_heads_per_source(weights_dir):
         **kw,
     )
     x = torch.rand(4, 3, 16, 16) * 2 - 1
-    net = tok._perceptual_net(x.device)
+    net = tok._perceptual_net("percept-tiny", x.device)
     with torch.no_grad():
         recon = tok.decode_bits((tok.logits(x) > 0).float()).float()
         every = logit_consistency(net, recon, x)
