@@ -257,8 +257,8 @@ class BinaryTokenizer(MmtokModel):
         if edge_weight < 0:
             raise ValueError(f"edge_weight must be >= 0, got {edge_weight}")
         nets = (perceptual,) if isinstance(perceptual, str) or perceptual is None else tuple(perceptual)
-        one = isinstance(perceptual_weight, int | float)
-        weights = (perceptual_weight,) if one else tuple(perceptual_weight)
+        weights = perceptual_weight if isinstance(perceptual_weight, Sequence) else (perceptual_weight,)
+        weights = tuple(weights)
         if len(nets) != len(weights) or any(
             w < 0 or (w > 0) != bool(n) for n, w in zip(nets, weights, strict=True)
         ):
@@ -305,11 +305,11 @@ class BinaryTokenizer(MmtokModel):
         self.quantizer, self.entropy_weight, self.pixel_loss = quantizer, entropy_weight, pixel_loss
         self.edge_weight = float(edge_weight)
         self.usage_entropy = usage_entropy
-        # One network and weight, or none: kept as plain values (what a config names).
+        # (network, weight) per perceptual distance; the first network also reads the consistency term
+        # for every source that consistency_networks does not map.
         keep = [(n, float(w)) for n, w in zip(nets, weights, strict=True) if n]
         self.perceptual_terms: tuple[tuple[str, float], ...] = tuple(keep)
         self.perceptual = keep[0][0] if keep else None
-        self.perceptual_weight = sum(w for _, w in keep)
         self.consistency_networks = dict(consistency_networks or {})
         self.consistency_weight = float(consistency_weight)
         self.consistency_sources = tuple(consistency_sources)
