@@ -20,6 +20,7 @@ import gradio as gr
 import numpy as np
 
 import mmtok
+from mmtok.data.shapes import vocabulary
 from mmtok.errors import MmtokError
 
 CLIP_TASK = "clip"
@@ -89,6 +90,8 @@ def generate(model, prompt, class_label, n, seed, steps, cfg, progress=gr.Progre
     info = (
         f"{len(result.images)} image(s) in {result.seconds:.2f} s (sampling {result.timings['sample']:.2f} s)"
     )
+    if result.note:  # words the model never saw: say so instead of silently ignoring them
+        info += f"\n\n**Note:** {result.note}"
     return manifest["images"], info
 
 
@@ -466,6 +469,8 @@ def build_demo(device: str = "cpu") -> gr.Blocks:
                     g_prompt = gr.Textbox(
                         label="prompt (text models)", value="a big red circle in the middle"
                     )
+                    with gr.Accordion("words the text models know", open=False):
+                        gr.Markdown(" ".join(vocabulary()), elem_id="gen-vocabulary")
                     g_class = gr.Number(label="class (class models)", value=7, precision=0)
                     with gr.Row():
                         g_n = gr.Slider(1, 16, value=4, step=1, label="images")

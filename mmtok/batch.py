@@ -377,7 +377,10 @@ class Runners:
             **({"sampler": a["sampler"]} if "sampler" in a else {}),
         )
         manifest = GenerationPipeline.save(result, out)
-        return {"images": len(manifest["images"]), "seconds_sampling": round(result.timings["sample"], 3)}
+        record = {"images": len(manifest["images"]), "seconds_sampling": round(result.timings["sample"], 3)}
+        if result.note:  # the prompt's words the model never saw (the job still ran)
+            record["note"] = result.note
+        return record
 
     def _tokenize(self, a: dict[str, Any], out: Path) -> dict[str, Any]:
         pipe = self.pipeline("tokenize", a["model"])

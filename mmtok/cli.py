@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 import traceback
 from collections.abc import Callable, Sequence
 
@@ -104,6 +105,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         _print_json(manifest)
     else:
         print(f"{len(result.images)} images in {result.seconds:.2f} s -> {args.out}/ (manifest.json)")
+        if result.note:
+            print(f"note: {result.note}", file=sys.stderr)
     return 0
 
 
@@ -229,7 +232,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     p.set_defaults(handler=cmd_train)
 
-    p = sub.add_parser("generate", help="generate images from a prompt or a class (writes PNGs + manifest)")
+    from .data.shapes import vocabulary
+
+    p = sub.add_parser(
+        "generate", help="generate images from a prompt or a class (writes PNGs + manifest)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="prompts of the text-conditional models (the shapes test bed's grammar), e.g.\n"
+        '  "a large red circle in the centre and a small blue star above it"\n'
+        "words they know (any other word is ignored, and the result carries a note naming it):\n"
+        + textwrap.fill(" ".join(vocabulary()), 100, initial_indent="  ", subsequent_indent="  "),
+    )  # fmt: skip
     p.add_argument("--model", required=True, help="generator name (see `mmtok models`)")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--prompt", help="text prompt (text-conditional models)")

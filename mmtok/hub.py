@@ -42,6 +42,7 @@ _MODEL_MODULES = (
     "mmtok.generation.dit",
     "mmtok.generation.ecar",
     "mmtok.generation.elm",
+    "mmtok.generation.parser",
     "mmtok.clip.model",
     "mmtok.grounding.model",
     "mmtok.compression.explain",

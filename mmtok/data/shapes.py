@@ -470,6 +470,42 @@ def make_caption(scene: Scene, rng: np.random.Generator) -> str:
     return text
 
 
+# --------------------------------------------------------------------------------------------- vocabulary
+
+
+@cache
+def vocabulary() -> tuple[str, ...]:
+    """Every word the caption grammar uses (sorted): what a generator trained on these captions knows."""
+    phrases = [w for table in (SIZE_WORDS, COLOUR_WORDS, SHAPE_WORDS, POSITION_WORDS, RELATION_WORDS,
+                               BACKGROUND_WORDS) for words in table.values() for w in words]  # fmt: skip
+    phrases += [*_NUMBER_WORDS, *_PREFIXES, *_COUNT_PREFIXES, *_POS_NAMES, "an empty scene", "with", "and",
+                "which is", "the", "a", "an", "it", "shape shapes object objects", "corner"]  # fmt: skip
+    words = {w for p in phrases for w in re.findall(r"[a-z]+", p.replace("{are}", "is are"))}
+    return tuple(sorted(words - {"n", "things"}))
+
+
+def unknown_words(prompt: str) -> list[str]:
+    """The words of ``prompt`` (lower-cased, in order, once each) that the caption grammar never uses."""
+    known, seen = set(vocabulary()), []
+    for word in re.findall(r"[a-z]+", prompt.lower()):
+        if word not in known and word not in seen:
+            seen.append(word)
+    return seen
+
+
+def vocabulary_note(prompt: str) -> str | None:
+    """One line naming the unknown words of ``prompt`` and the words to use instead (None: all known)."""
+    unknown = unknown_words(prompt)
+    if not unknown:
+        return None
+    quoted = ", ".join(f"'{w}'" for w in unknown)
+    return (
+        f"not understood: {quoted}; the model knows shapes ({', '.join(SHAPES)}), colours "
+        f"({', '.join(COLOURS)}), sizes (small, large), places (top left ... bottom right, or above / "
+        f"below / left of / right of / next to another object) and backgrounds ({', '.join(BACKGROUNDS)})"
+    )
+
+
 # ------------------------------------------------------------------------------------------------- parser
 
 
@@ -501,6 +537,18 @@ _REL_AT_END = re.compile(rf"\b(?:directly\s+|just\s+)?(?P<rel>{_alternation(_REL
 _POS = re.compile(rf"\b(?:in|at|on)\s+the\s+(?P<pos>{_alternation(_POS_NAMES)})(?:\s+corner)?\b")
 _BG = re.compile(rf"\bon\s+a\s+(?:plain\s+)?(?P<bg>{_alternation(_BG_OF)})\s+background\b")
 _STEP = {"above": (-1, 0), "below": (1, 0), "left": (0, -1), "right": (0, 1)}
+
+
+def mention_ends(text: str) -> list[int]:
+    """Character offsets in ``text`` where each newly introduced object's noun ends ("a big red disc"
+    -> after "disc"), in mention order: the k-th is the k-th object ``parse_caption`` returns."""
+    return [m.end("shape") for m in _MENTION.finditer(text.lower()) if m["art"] is not None]
+
+
+def caption_background(text: str) -> int | None:
+    """The background a caption names (index into ``BACKGROUNDS``), or ``None`` if it names none."""
+    bg = _BG.search(re.sub(r"[^a-z, ]+", " ", text.lower()))
+    return _BG_OF[bg["bg"]] if bg else None
 
 
 def parse_caption(text: str) -> Scene | None:
@@ -630,6 +678,7 @@ class ShapesDataset(Dataset):
         max_objects: most objects per scene (<= 9).
         seed: base seed; the same (seed, split, index) always gives the same item.
         textured: also use the striped / checkered / noisy backgrounds (else black and grey only).
+        render: draw the image (False: captions and labels only, e.g. to train a prompt parser).
 
     Items are dicts: ``image`` float32 [3, R, R] in [-1, 1]; ``shape``, ``colour``, ``size`` LongTensor[9]
     per slot (0 = empty); ``caption`` str; ``n_objects`` int; ``background`` int (index into BACKGROUNDS).
@@ -637,7 +686,7 @@ class ShapesDataset(Dataset):
 
     def __init__(
         self, split: str = "train", size: int | None = None, resolution: int = 64, min_objects: int = 1,
-        max_objects: int = 3, seed: int = 0, textured: bool = True,
+        max_objects: int = 3, seed: int = 0, textured: bool = True, render: bool = True,
     ):  # fmt: skip
         if split not in SPLITS:
             raise ConfigError(f"unknown shapes split {split!r}: use one of {', '.join(SPLITS)}")
@@ -650,6 +699,7 @@ class ShapesDataset(Dataset):
             raise ConfigError(f"shapes size must be a positive integer, got {size!r}")
         self.split, self.size, self.resolution, self.seed = split, size, resolution, int(seed)
         self.min_objects, self.max_objects, self.textured = min_objects, max_objects, textured
+        self._render = bool(render)  # private: not part of a latent cache's identity
 
     def __len__(self) -> int:
         return self.size
@@ -664,7 +714,7 @@ class ShapesDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         scene, rng = self.scene(index)
         return {
-            "image": scene.render(self.resolution),
+            **({"image": scene.render(self.resolution)} if self._render else {}),
             **labels_from_scene(scene),
             "caption": scene.caption(rng),
             "n_objects": len(scene.objects),

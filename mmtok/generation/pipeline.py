@@ -36,6 +36,7 @@ class GenerationResult:
     settings: dict[str, Any]  # model, prompt / class, n, seed, steps, cfg, sampler ...
     seconds: float  # sampling + decoding wall time
     timings: dict[str, float] = field(default_factory=dict)
+    note: str | None = None  # e.g. the prompt's words the model never saw, and the words it knows
 
 
 def progress_units(model) -> int:
@@ -158,7 +159,19 @@ class GenerationPipeline:
             "steps": steps, "cfg": float(cfg), "cfg_schedule": cfg_schedule, "sampler": sampler,
             "device": str(self.device), "bf16": self.bf16,
         }  # fmt: skip
-        return GenerationResult(images, settings, time.perf_counter() - start, timings)
+        note = self.prompt_note(prompt)
+        return GenerationResult(images, settings, time.perf_counter() - start, timings, note)
+
+    def prompt_note(self, prompt: str | None) -> str | None:
+        """The words of ``prompt`` this model never saw in training, with its vocabulary (None: none).
+
+        Every text-conditional generator mmtok ships learnt the shapes test bed's caption grammar, so
+        any other word (\"photo\", \"pentagon\") is ignored by it: the images still come, with this note."""
+        if prompt is None or self.condition != "text":
+            return None
+        from ..data.shapes import vocabulary_note
+
+        return vocabulary_note(prompt)
 
     @staticmethod
     def save(result: GenerationResult, out: str | os.PathLike) -> dict[str, Any]:
@@ -172,6 +185,8 @@ class GenerationPipeline:
             raise InputError(f"cannot create the output folder {out}: {e.strerror or e}") from e
         files = [str(write_png(img, out / f"image_{i:03d}.png")) for i, img in enumerate(result.images)]
         manifest = {"settings": result.settings, "seconds": result.seconds, "timings": result.timings}
+        if result.note:
+            manifest["note"] = result.note
         manifest["images"] = files
         tmp = out / ".manifest.json.tmp"
         tmp.write_text(json.dumps(manifest, indent=2) + "\n")

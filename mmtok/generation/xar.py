@@ -60,16 +60,20 @@ def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torc
 
 class Condition:
     """A batch's encoded condition: ``vec`` (B x D, goes into adaLN) and, for text, the tokens the
-    image cross-attends to (``tokens`` B x T x D, ``mask`` B x T) with per-block projected K/V."""
+    image cross-attends to (``tokens`` B x T x D, ``mask`` B x T) with per-block projected K/V; for
+    the layout encoder also ``layout`` (B x S x D: one feature per scene slot, which the generator
+    adds to the image tokens that cover that slot)."""
 
-    def __init__(self, vec, tokens=None, mask=None):
-        self.vec, self.tokens, self.mask = vec, tokens, mask
+    def __init__(self, vec, tokens=None, mask=None, layout=None):
+        self.vec, self.tokens, self.mask, self.layout = vec, tokens, mask, layout
         self.kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def cat(self, other: Condition) -> Condition:
-        tok = None if self.tokens is None else torch.cat([self.tokens, other.tokens])
-        mask = None if self.mask is None else torch.cat([self.mask, other.mask])
-        return Condition(torch.cat([self.vec, other.vec]), tok, mask)
+        def join(a, b):
+            return None if a is None else torch.cat([a, b])
+
+        return Condition(join(self.vec, other.vec), join(self.tokens, other.tokens),
+                         join(self.mask, other.mask), join(self.layout, other.layout))  # fmt: skip
 
 
 class Conditioned:
@@ -77,15 +81,57 @@ class Conditioned:
     ``num_classes`` is the null class) or the shared ``TextEncoder`` (the empty prompt is null)."""
 
     pooled_text = True  # add the mean-pooled prompt vector to adaLN (XAR(pooled_text=False) turns it off)
+    text_encoder = "tokens"
 
-    def _init_condition(self, dim, heads, condition, num_classes, text_length, text_dim, text_layers) -> None:
+    def _init_condition(
+        self, dim, heads, condition, num_classes, text_length, text_dim, text_layers, parser=None
+    ) -> None:
         if condition not in ("text", "class"):
             raise ValueError(f"condition must be text or class, got {condition!r}")
         self.condition, self.num_classes, self.text_length = condition, num_classes, text_length
         if condition == "class":
             self.class_embed = nn.Embedding(num_classes + 1, dim)
+        elif self.text_encoder == "slots":
+            self._init_layout(dim, text_length, parser or {})
         else:
             self.text = TextEncoder(dim, heads, text_length, text_dim, text_layers)
+
+    def _init_layout(self, dim: int, text_length: int, parser: dict) -> None:
+        """The layout prompt encoder: a frozen ``PromptParser`` (trained on its own, loaded through
+        ``model.init_parts``) whose per-slot probabilities are embedded additively -- shape, colour
+        and size each through its own table, plus the slot's own embedding -- so a held-out
+        combination (a red star) is the sum of parts the generator has seen."""
+        from .parser import PromptParser
+
+        self.text = PromptParser(**{"length": text_length, **parser})
+        self.text.requires_grad_(False)
+        self.slot_embed = nn.ModuleDict(
+            {k: nn.Linear(n, dim, bias=False) for k, n in self.text.slot_heads.items()}
+        )
+        self.global_embed = nn.ModuleDict(
+            {k: nn.Linear(n, dim, bias=False) for k, n in self.text.global_heads.items()}
+        )
+        self.slot_pos = nn.Parameter(torch.randn(self.text.slots, dim) * 0.02)
+        self.null_slots = nn.Parameter(torch.randn(self.text.slots, dim) * 0.02)  # the null prompt
+        self.null_vec = nn.Parameter(torch.zeros(dim))
+
+    def _encode_layout(self, prompts: list[str], labels: dict[str, torch.Tensor] | None = None) -> Condition:
+        """Prompts -> the parser's per-slot probabilities -> slot features; ``labels`` (training, with
+        ``train_layout="labels"``) gives the scene's own layout as one-hot probabilities instead."""
+        if labels is None:
+            self.text.eval()  # frozen: no dropout, no statistics to update
+            with torch.no_grad():
+                probs = self.text.probabilities(prompts)
+        else:
+            probs = {k: F.one_hot(labels[k].long(), n).float() for k, n in
+                     {**self.text.slot_heads, **self.text.global_heads}.items()}  # fmt: skip
+        slots = self.slot_pos + sum(self.slot_embed[k](probs[k]) for k in self.slot_embed)
+        vec = slots.mean(1) + sum(self.global_embed[k](probs[k]) for k in self.global_embed)
+        null = torch.tensor([p == "" for p in prompts], device=slots.device)
+        slots = torch.where(null[:, None, None], self.null_slots.expand_as(slots), slots)
+        vec = torch.where(null[:, None], self.null_vec.expand_as(vec), vec)
+        mask = torch.ones(slots.shape[:2], dtype=torch.bool, device=slots.device)
+        return Condition(vec, slots, mask, layout=slots)
 
     def encode_condition(self, cond: Any, device: torch.device | None = None) -> Condition:
         """Prompts (list of str; "" = the null prompt) or class labels (ints; ``num_classes`` =
@@ -96,6 +142,8 @@ class Conditioned:
             if ((labels < 0) | (labels > self.num_classes)).any():
                 raise InputError(f"class labels must be in [0, {self.num_classes}], got {labels.tolist()}")
             return Condition(self.class_embed(labels))
+        if self.text_encoder == "slots":
+            return self._encode_layout([cond] if isinstance(cond, str) else list(cond))
         tokens, mask, pooled = self.text(list(cond) if not isinstance(cond, str) else cond)
         if not self.pooled_text:
             # No bag-of-words shortcut into adaLN: every word reaches the image only through
@@ -117,7 +165,13 @@ class Conditioned:
         drop = torch.rand(n) < self.label_drop
         null = self.null_condition(n)
         cond_in = [null[i] if drop[i] else c for i, c in enumerate(list(cond_in))]
+        if self.condition == "text" and self.text_encoder == "slots" and self.train_layout == "labels":
+            return self._encode_layout(cond_in, self._scene_labels(batch))
         return self.encode_condition(cond_in, self.pos.device)
+
+    def _scene_labels(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The training scenes' own layouts (the labels the parser is trained to read from the caption)."""
+        return self.text.targets(batch)
 
 
 class Block(nn.Module):
@@ -164,6 +218,17 @@ class XAR(Conditioned, MmtokModel):
         text_layers: transformer layers of the text encoder.
         pooled_text: also add the prompt's mean-pooled text vector to every block's adaLN condition
             (True, the default); False leaves cross-attention as the text's only way in.
+        text_encoder: ``tokens`` (a small transformer trained with the generator; the image
+            cross-attends to every word) or ``slots`` (the layout encoder: a frozen ``PromptParser``
+            says what each slot of the scene holds; each slot's feature is added to the image tokens
+            that cover the slot and cross-attended to, so binding a colour to its place is given,
+            not learnt through the flow loss).
+        parser: ``PromptParser`` kwargs for ``text_encoder="slots"``.
+        train_layout: what the slot features come from in training: ``labels`` (the training scene's
+            own layout, one-hot; the parser trains on its own and only reads prompts at sampling
+            time, so the generator never learns a half-trained parser's mistakes) or ``parser``.
+        patch: latent patch side per token (2: an 8 x 8 latent of C channels becomes 4 x 4 tokens of
+            4C; a quarter of the tokens, so about 4x cheaper per image).
         freeze_text: keep the text encoder's weights fixed in training (e.g. one pretrained to parse
             the prompts, loaded through the config's ``model.init_parts``).
         label_drop: probability of training with the null condition (for CFG).
@@ -195,19 +260,34 @@ class XAR(Conditioned, MmtokModel):
         t_std: float = 1.0,
         pooled_text: bool = True,
         freeze_text: bool = False,
+        text_encoder: str = "tokens",
+        parser: dict | None = None,
+        train_layout: str = "labels",
+        patch: int = 1,
     ):
         super().__init__()
         self.pooled_text, self.freeze_text = bool(pooled_text), bool(freeze_text)
         if context not in ("noisy", "clean"):
             raise ValueError(f"context must be noisy or clean, got {context!r}")
+        if text_encoder not in ("tokens", "slots"):
+            raise ValueError(f"text_encoder must be tokens or slots, got {text_encoder!r}")
+        if patch < 1 or grid % patch:
+            raise ValueError(f"patch must divide the grid ({grid}), got {patch}")
+        if train_layout not in ("labels", "parser"):
+            raise ValueError(f"train_layout must be labels or parser, got {train_layout!r}")
+        self.text_encoder, self.patch, self.train_layout = text_encoder, patch, train_layout
         self.tokenizer_name, self.latent_channels, self.grid = tokenizer, latent_channels, grid
-        self.entities = make_entities(entity, (grid, grid), entity_size)
+        self.entities = make_entities(entity, (grid // patch, grid // patch), entity_size)
         self.label_drop, self.context, self.t_mean, self.t_std = label_drop, context, t_mean, t_std
-        L = self.entities.seq_len
-        self.proj_in = nn.Linear(latent_channels, dim)
+        L, self.token_channels = self.entities.seq_len, latent_channels * patch * patch
+        self.proj_in = nn.Linear(self.token_channels, dim)
         self.pos = nn.Parameter(torch.randn(L, dim) * 0.02)
         self.t_embed = nn.Sequential(nn.Linear(256, dim), nn.SiLU(), nn.Linear(dim, dim))
-        self._init_condition(dim, heads, condition, num_classes, text_length, text_dim, text_layers)
+        self._init_condition(dim, heads, condition, num_classes, text_length, text_dim, text_layers, parser)
+        if condition == "text" and text_encoder == "slots":
+            self.register_buffer(
+                "layout_weights", _slot_overlap(self.entities, self.text.slots), persistent=False
+            )
         if self.freeze_text and condition == "text":
             self.text.requires_grad_(False)  # the trainer optimises only parameters that need grads
         self.blocks = nn.ModuleList(
@@ -215,7 +295,7 @@ class XAR(Conditioned, MmtokModel):
         )
         self.final_norm = nn.RMSNorm(dim, elementwise_affine=False)
         self.final_ada = nn.Linear(dim, 2 * dim)
-        self.proj_out = nn.Linear(dim, latent_channels)
+        self.proj_out = nn.Linear(dim, self.token_channels)
         for layer in (self.final_ada, self.proj_out):  # start by predicting zero velocity
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
@@ -226,6 +306,10 @@ class XAR(Conditioned, MmtokModel):
         """Velocity for tokens ``x`` (B x L x C) at sequence ``positions`` (L); ``t`` holds one time
         per entity present (B x E) and ``token_entity`` (L) says which column each token uses."""
         h = self.proj_in(x) + self.pos[positions]
+        if cond.layout is not None:  # each token gets the features of the slots it covers, by area
+            h = h + torch.einsum(
+                "ls,bsd->bld", self.layout_weights[positions].to(h.dtype), cond.layout.to(h.dtype)
+            )
         c = F.silu(cond.vec[:, None] + self.t_embed(timestep_embedding(t, 256)))  # B x E x D
         for i, block in enumerate(self.blocks):
             h = block(h, c, token_entity, mask, cache, cond, i)
@@ -237,7 +321,7 @@ class XAR(Conditioned, MmtokModel):
     def training_step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         latent = batch["latent"].float()
         ents, B = self.entities, latent.shape[0]
-        x0 = ents.group(latent)  # B x L x C in entity order
+        x0 = ents.group(self._patchify(latent))  # B x L x C in entity order
         ids = ents.entity_ids.to(latent.device)
         t = logit_normal_times((B, ents.num_entities), self.t_mean, self.t_std, device=latent.device)
         noise = torch.randn_like(x0)
@@ -293,7 +377,7 @@ class XAR(Conditioned, MmtokModel):
         device, ents, B = self.pos.device, self.entities, len(cond)
         guided = cfg != 1.0
         c = self.guided_condition(cond, guided)
-        E, C = ents.num_entities, self.latent_channels
+        E, C = ents.num_entities, self.token_channels
         out = torch.zeros(B, ents.seq_len, C, device=device)
         cache = KVCache(capacity=ents.seq_len) if kv_cache else None
         slices = ents.entity_slices()
@@ -307,7 +391,13 @@ class XAR(Conditioned, MmtokModel):
             out[:, sl] = SAMPLERS[sampler](velocity, noise, steps, **kw)
             if callback is not None:
                 callback(e + 1, E)
-        return ents.ungroup(out)
+        return self._unpatchify(ents.ungroup(out))
+
+    def _patchify(self, latent: torch.Tensor) -> torch.Tensor:
+        return F.pixel_unshuffle(latent, self.patch) if self.patch > 1 else latent
+
+    def _unpatchify(self, tokens: torch.Tensor) -> torch.Tensor:
+        return F.pixel_shuffle(tokens, self.patch) if self.patch > 1 else tokens
 
     def _cache_entity(self, cache: KVCache, c: Condition, tokens, sl: slice, t: float, guided: bool) -> None:
         """Append a finished entity's keys/values (its tokens at flow time ``t``) to ``cache``."""
@@ -340,6 +430,24 @@ class XAR(Conditioned, MmtokModel):
             return v_u + scale * (v_c - v_u)
 
         return velocity
+
+
+def _slot_overlap(ents, slots: int) -> torch.Tensor:
+    """L x slots: the share of each token's area (in entity order) inside each slot of the scene's
+    n x n grid (slots = n * n, row-major; the shapes test bed's 3 x 3)."""
+    n = math.isqrt(slots)
+    if n * n != slots:
+        raise ValueError(f"the layout encoder needs a square slot grid, got {slots} slots")
+    H, W = ents.grid
+
+    def share(cells: int) -> torch.Tensor:  # cells x n: overlap of [i/cells, (i+1)/cells) with [k/n, ...)
+        i, k = torch.arange(cells)[:, None].double(), torch.arange(n)[None].double()
+        lo = torch.maximum(i / cells, k / n)
+        hi = torch.minimum((i + 1) / cells, (k + 1) / n)
+        return (hi - lo).clamp(min=0) * cells
+
+    area = torch.einsum("hr,wc->rchw", share(H), share(W)).reshape(1, slots, H, W)
+    return ents.group(area.float())[0]  # coarser entities (scale) get their area averages
 
 
 def _zeros(n: int, device) -> torch.Tensor:

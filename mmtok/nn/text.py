@@ -15,13 +15,37 @@ from ..errors import InputError
 
 
 class TextEncoder(nn.Module):
-    def __init__(self, dim: int, heads: int, length: int = 48, embed_dim: int = 64, layers: int = 2):
+    """Args:
+    dim, heads, layers: the transformer.
+    length: CLIP context length.
+    embed_dim: width of the token embedding table.
+    words: if given, only the BPE tokens of these words (plus the start/end tokens and punctuation)
+        get a row of the embedding table and every other token shares one "unknown" row: a model
+        that only ever reads a small grammar keeps ~200 rows instead of CLIP's 49,408 (3.2M fewer
+        parameters at width 64), and reads any other word as "unknown", which it is.
+    """
+
+    def __init__(
+        self, dim: int, heads: int, length: int = 48, embed_dim: int = 64, layers: int = 2,
+        words: tuple[str, ...] | None = None,
+    ):  # fmt: skip
         super().__init__()
         from ..tokenizers.text import TextTokenizer
 
         self.length = length
         self.tokenizer = TextTokenizer.clip(context_length=length)
-        self.embed = nn.Embedding(self.tokenizer.vocab_size, embed_dim)
+        rows = self.tokenizer.vocab_size
+        if words is not None:
+            marks = (".", ",", ":", "!", "?", ";")
+            known = {i for w in (*words, *marks) for i in self.tokenizer.encode(w)}
+            known = sorted(known | set(self.tokenizer("").input_ids[0, :2].tolist()))  # + start, end
+            lookup = torch.full((self.tokenizer.vocab_size,), len(known), dtype=torch.long)
+            lookup[torch.tensor(known)] = torch.arange(len(known))
+            self.register_buffer("lookup", lookup, persistent=False)  # rebuilt from ``words``
+            rows = len(known) + 1
+        else:
+            self.lookup = None
+        self.embed = nn.Embedding(rows, embed_dim)
         self.pos = nn.Parameter(torch.randn(length, embed_dim) * 0.02)
         self.proj = nn.Linear(embed_dim, dim)
         layer = nn.TransformerEncoderLayer(
@@ -41,6 +65,8 @@ class TextEncoder(nn.Module):
         tok = self.tokenizer(list(prompts))
         device = self.pos.device
         ids, mask = tok.input_ids.to(device), tok.attention_mask.to(device).bool()
+        if self.lookup is not None:
+            ids = self.lookup[ids]
         h = self.proj(self.embed(ids) + self.pos[: ids.shape[1]])
         h = self.norm(self.encoder(h, src_key_padding_mask=~mask))
         pooled = (h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)

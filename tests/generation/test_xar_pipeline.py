@@ -95,3 +95,31 @@ def test_binding_diagnostics_tell_placement_from_drawing():
     assert found[0].nonzero().flatten().tolist() == [0]
     twins = slots(s0=(1, 3, 1), s1=(1, 3, 1))
     assert _found_anywhere(twins, slots(s4=(1, 3, 1)))[0].sum() == 1
+
+
+def test_unknown_words_are_named_in_a_note_everywhere_the_result_goes(tiny_xar, tmp_path, capsys):
+    """A prompt with words outside the caption grammar still generates; the result, the manifest, the
+    CLI (stderr, or --json) and a batch record name the words and the vocabulary."""
+    pipe = GenerationPipeline(tiny_xar)
+    result = pipe(prompt="an orange pentagon at the top", n=1, steps=1)
+    assert len(result.images) == 1
+    assert result.note.startswith("not understood: 'pentagon';") and "circle" in result.note
+    assert pipe(prompt="an orange star at the top", n=1, steps=1).note is None
+    manifest = GenerationPipeline.save(result, tmp_path / "gen")
+    assert manifest["note"] == result.note
+    assert main(["generate", "--model", str(tiny_xar), "--prompt", "a photo of a cat", "-n", "1",
+                 "--steps", "1", "--out", str(tmp_path / "cli")]) == 0  # fmt: skip
+    assert "note: not understood: 'photo', 'cat'" in capsys.readouterr().err
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text(json.dumps({"task": "generate", "model": str(tiny_xar), "prompt": "a green hexagon",
+                                "n": 1, "steps": 1}) + "\n")  # fmt: skip
+    assert main(["batch", str(jobs), "--out", str(tmp_path / "batch")]) == 0
+    record = json.loads((tmp_path / "batch" / "manifest.jsonl").read_text().splitlines()[0])
+    assert record["result"]["note"].startswith("not understood: 'hexagon'")
+
+
+def test_generate_help_lists_the_vocabulary(capsys):
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    out = capsys.readouterr().out
+    assert "words they know" in out and "triangle" in out and "turquoise" in out
