@@ -4,8 +4,8 @@ without ``torch.compile``, next to the same-dtype matmul ceiling measured in the
     python benchmarks/bench_train_throughput.py [--config configs/xar-shapes64.yaml] [--threads 2]
         [--batch 32] [--steps 6] [--no-compile]
 
-One optimizer step is what ``mmtok train`` runs: the config's model (its frozen prompt parser
-included), ``training_step`` on a batch of real shapes captions and random latents of the training
+One optimizer step is what ``mmtok train`` runs: the config's model, ``training_step`` on a batch
+of real shapes captions with their scenes' layouts and random latents of the training
 shape (the latents' values do not change the cost), backward, gradient clipping and AdamW. bf16 is
 timed only where the CPU has native bf16 (``mmtok.runtime.bf16_is_fast``): on an AVX2-only CPU
 emulated bf16 is several times slower than fp32, so the trainer never uses it there. The ceiling is
@@ -67,9 +67,12 @@ def build(config: Path):
 
 def batch_of(model, batch: int) -> dict:
     ds = ShapesDataset("train", size=batch, render=False)
+    items = [ds[i] for i in range(batch)]
     side = model.grid
-    return {"latent": torch.randn(batch, model.latent_channels, side, side),
-            "caption": [ds[i]["caption"] for i in range(batch)]}  # fmt: skip
+    out = {k: torch.stack([it[k] for it in items]) for k in ("shape", "colour", "size")}  # the layouts
+    out["caption"] = [it["caption"] for it in items]
+    out["latent"] = torch.randn(batch, model.latent_channels, side, side)
+    return out
 
 
 def step_flops(model, batch: dict) -> float:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -31,6 +32,7 @@ PARSER_KEYS = ("slots", "slot_heads", "global_heads", "dim", "heads", "length", 
 def _atomic_write(path: Path, write) -> None:
     tmp = path.with_name(path.name + ".tmp")
     write(tmp)
+    shutil.copymode(path, tmp)  # keep the file's permissions
     os.replace(tmp, path)
 
 
