@@ -101,17 +101,25 @@ class PromptParser(MmtokModel):
     @torch.no_grad()
     def probabilities(self, prompts: list[str]) -> dict[str, torch.Tensor]:
         """Per slot head ``B x slots x n`` (class 0 = empty), per global head ``B x n``."""
-        out = self._network_probabilities(prompts)
-        if self.grammar:
-            for b, prompt in enumerate(prompts):
-                exact = _grammar_layout(prompt, self.slot_heads, self.global_heads)
-                if exact is not None:
-                    for k, v in exact.items():
-                        out[k][b] = v.to(out[k])
+        if not self.grammar:
+            return self._network_probabilities(prompts)
+        exact = [_grammar_layout(p, self.slot_heads, self.global_heads) for p in prompts]
+        rest = [i for i, e in enumerate(exact) if e is None]  # only these go through the network
+        net = self._network_probabilities([prompts[i] for i in rest]) if rest else {}
+        device = self.is_object.weight.device
+        out = {}
+        for k in (*self.slot_heads, *self.global_heads):
+            rows = [e[k].to(device) if e is not None else None for e in exact]
+            for j, i in enumerate(rest):
+                rows[i] = net[k][j]
+            out[k] = torch.stack(rows)
         return out
 
     def _network_probabilities(self, prompts: list[str]) -> dict[str, torch.Tensor]:
-        logits = self(prompts)
+        return self._assemble(self(prompts))
+
+    def _assemble(self, logits: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Per-token logits -> per-slot probabilities (the objects the tokens put in each slot)."""
         mask = logits["mask"]
         p_obj = logits["object"].float().softmax(-1)[..., 1] * mask  # B x T
         w = p_obj[..., None] * logits["slot"].float().softmax(-1)  # B x T x S: object t sits in slot s
@@ -189,7 +197,7 @@ class PromptParser(MmtokModel):
         glob = self.targets(batch)
         loss = loss + sum(F.cross_entropy(logits[k].float(), glob[k]) for k in self.global_heads)
         with torch.no_grad():
-            probs = self._network_probabilities(captions)
+            probs = self._assemble({k: v.detach() for k, v in logits.items()})  # no second forward
             right = {k: probs[k].argmax(-1) == t for k, t in glob.items()}
             exact = torch.stack([right[k].reshape(len(captions), -1).all(1) for k in right]).all(0)
         logs = {"ce": loss.detach(), "exact": exact.float().mean()}
