@@ -20,7 +20,7 @@ import yaml
 from ..errors import ConfigError
 
 MIXED_PRECISION = ("bf16", "no")
-SCHEDULES = ("cosine", "linear", "constant")
+SCHEDULES = ("cosine", "linear", "constant", "wsd")
 EXPORT_DTYPES = ("bf16", "fp16", "fp32")
 STRATEGIES = ("ddp", "fsdp")
 
@@ -186,6 +186,7 @@ class OptimConfig:
     max_steps: int = _spec(*POSITIVE_INT, default=1000)  # optimizer steps (--max-steps overrides)
     schedule: str = _spec(*_one_of(SCHEDULES), default="cosine")
     min_lr_ratio: float = _spec(*FRACTION, default=0.0)  # final lr = lr * min_lr_ratio
+    decay_steps: int = _spec(*COUNT, default=0)  # wsd: the last N steps decay linearly
     grad_clip: float = _spec(*NON_NEGATIVE, default=1.0)  # max global grad norm (0: no clipping)
     grad_accum: int = _spec(*POSITIVE_INT, default=1)  # micro-steps per optimizer step
 

@@ -58,16 +58,26 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 # ----------------------------------------------------------------------------- schedule and optimizer
 
 
-def lr_factor(step: int, *, warmup: int, max_steps: int, schedule: str, min_ratio: float) -> float:
+def lr_factor(
+    step: int, *, warmup: int, max_steps: int, schedule: str, min_ratio: float, decay_steps: int = 0
+) -> float:
     """Multiplier of the base LR at optimizer step ``step`` (0-based).
 
     Linear warm-up reaching 1 at step ``warmup - 1``, then cosine / linear decay towards
-    ``min_ratio`` at ``max_steps``, or constant.
+    ``min_ratio`` at ``max_steps``, or constant. ``wsd`` (warmup-stable-decay, MiniCPM 2024) holds
+    the peak and decays linearly over the last ``decay_steps`` only: a run can be lengthened with
+    ``--resume latest --max-steps N`` at any point of its stable phase without changing its past.
     """
     if step < warmup:
         return (step + 1) / warmup
     if schedule == "constant":
         return 1.0
+    if schedule == "wsd":
+        start = max(warmup, max_steps - decay_steps)
+        if step < start:
+            return 1.0
+        progress = min(1.0, (step - start) / max(1, max_steps - start))
+        return min_ratio + (1 - min_ratio) * (1 - progress)
     progress = min(1.0, (step - warmup) / max(1, max_steps - warmup))
     decay = 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else 1 - progress
     return min_ratio + (1 - min_ratio) * decay
@@ -273,7 +283,12 @@ class Trainer:
         # Stepped by hand once per optimizer step (accelerate's prepared scheduler steps num_processes
         # times per call). A plain closure, not a callable object: its state_dict holds numbers only.
         factor = lambda s: lr_factor(
-            s, warmup=o.warmup_steps, max_steps=o.max_steps, schedule=o.schedule, min_ratio=o.min_lr_ratio
+            s,
+            warmup=o.warmup_steps,
+            max_steps=o.max_steps,
+            schedule=o.schedule,
+            min_ratio=o.min_lr_ratio,
+            decay_steps=o.decay_steps,
         )
         return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
@@ -376,7 +391,12 @@ class Trainer:
     def _lr(self, step: int) -> float:
         o = self.cfg.optim
         return o.lr * lr_factor(
-            step, warmup=o.warmup_steps, max_steps=o.max_steps, schedule=o.schedule, min_ratio=o.min_lr_ratio
+            step,
+            warmup=o.warmup_steps,
+            max_steps=o.max_steps,
+            schedule=o.schedule,
+            min_ratio=o.min_lr_ratio,
+            decay_steps=o.decay_steps,
         )
 
     # -- pieces -------------------------------------------------------------------------------

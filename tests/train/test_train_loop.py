@@ -29,6 +29,14 @@ def test_linear_and_constant_schedules():
     assert math.isclose(lr_factor(5, warmup=0, max_steps=10, schedule="cosine", min_ratio=0), 0.5)
 
 
+def test_wsd_holds_the_peak_then_decays_over_the_last_steps():
+    f = lambda s, n=100: lr_factor(s, warmup=10, max_steps=n, schedule="wsd", min_ratio=0.1, decay_steps=20)
+    assert [f(s) for s in (0, 9, 10, 79)] == pytest.approx([0.1, 1.0, 1.0, 1.0])  # warm-up, stable
+    assert [f(s) for s in (80, 90, 100, 400)] == pytest.approx([1.0, 0.55, 0.1, 0.1])  # linear to the floor
+    # Lengthening the run (--max-steps) during the stable phase leaves every step so far unchanged.
+    assert all(f(s, 100) == f(s, 300) for s in range(80))
+
+
 class _Net(nn.Module):
     def __init__(self):
         super().__init__()
