@@ -28,6 +28,10 @@ def cmd_clip_classify(args: argparse.Namespace) -> int:
     for r in results:
         others = "  ".join(f"{label}: {p:.3f}" for label, p in r["scores"].items())
         print(f"{r['file']}: {r['label']} ({r['score']:.3f})    [{others}]")
+        if not r["familiar"]:  # the softmax names a label anyway: say the answer means little
+            print(f"  warning: {r['file']} looks unlike the training images (familiarity "
+                  f"{r['familiarity']:.2f} < {r['familiar_threshold']:.2f}); the label is a guess",
+                  file=sys.stderr)  # fmt: skip
     return 0
 
 

@@ -5,6 +5,11 @@
     pipe.classify(["a.png"], ["a red circle", "a blue square"])   # [{"file", "label", "score", "scores"}]
     pipe.search("photos/", "a small green star", top=5)           # {"results": [{"path", "score"}], ...}
 
+A softmax over the labels a user typed always sums to 1, so a CLIP names *something* with high
+confidence even for a photo of an astronaut. ``classify`` therefore also says how familiar each image
+is: the mean cosine similarity of its embedding to its 5 nearest training images (``familiarity``),
+and whether that is at least the 1st percentile of held-out in-domain images (``familiar``).
+
 Images are read by content (``mmtok.data.imagefile.read_image``), resized so the shorter side is the
 model's resolution and centre-cropped. ``search`` embeds the folder once and caches the embeddings
 (safetensors, keyed by model weights and folder) under ``$MMTOK_CACHE`` (default ``~/.cache/mmtok``);
@@ -30,6 +35,12 @@ DEFAULT_MODEL = "lightclip-shapes64"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 MAX_LABELS = 1000
 MAX_TEXT_CHARS = 1000
+# The test beds the shipped CLIPs were trained on: (dataset, split, images) for the reference bank of
+# training images and for the held-out images that set the familiarity threshold.
+DOMAIN_BANK = (("shapes", "train", 768), ("digits", "train", 256))
+DOMAIN_HELDOUT = (("shapes", "heldout", 256), ("digits", "test", 128))
+DOMAIN_K = 5
+DOMAIN_TEXT = "64x64 scenes of coloured shapes (circle, square, triangle, star, ...) and handwritten digits"
 
 
 def cache_dir() -> Path:
@@ -79,6 +90,40 @@ class ClipPipeline:
         if getattr(self.model, "task", None) != "clip":
             raise MmtokError(f"{model} is a {getattr(self.model, 'task', 'model')} model, not a CLIP model")
         self.size = self.model.image_size
+        self._domain: tuple[torch.Tensor, float] | None = None
+
+    @torch.no_grad()
+    def embed_images(self, images: list[torch.Tensor], batch_size: int = 64) -> torch.Tensor:
+        """Normalised embeddings [N, E] of [3, H, W] images in [-1, 1]."""
+        out = []
+        for i in range(0, len(images), batch_size):
+            x = torch.stack([prepare(im, self.size) for im in images[i : i + batch_size]])
+            out.append(self.model.encode_image(x.to(self.device))["embeds"].float().cpu())
+        return torch.cat(out)
+
+    def domain(self) -> tuple[torch.Tensor, float]:
+        """(bank of training-image embeddings, familiarity threshold), made once per pipeline (~3 s):
+        the threshold is the 1st percentile of held-out in-domain images' familiarity."""
+        if self._domain is None:
+            from ..data import build_dataset
+
+            def images(parts):
+                return [
+                    build_dataset(name, split, resolution=self.size)[i]["image"]
+                    for name, split, n in parts
+                    for i in range(n)
+                ]
+
+            bank = self.embed_images(images(DOMAIN_BANK))
+            self._domain = (bank, 0.0)
+            held = self.familiarity(self.embed_images(images(DOMAIN_HELDOUT)))
+            self._domain = (bank, float(held.quantile(0.01)))
+        return self._domain
+
+    def familiarity(self, embeds: torch.Tensor) -> torch.Tensor:
+        """Mean cosine similarity of each embedding to its ``DOMAIN_K`` nearest training images."""
+        bank = self.domain()[0]
+        return (embeds @ bank.T).topk(DOMAIN_K, dim=-1).values.mean(-1)
 
     @torch.no_grad()
     def embed_files(self, paths: list[Path], batch_size: int = 64) -> torch.Tensor:
@@ -93,16 +138,20 @@ class ClipPipeline:
     def classify(
         self, images: list[str | os.PathLike], labels: list[str], top: int | None = None
     ) -> list[dict]:
-        """Best label and the probability of each label for every image (softmax over ``labels``)."""
+        """Best label and the probability of each label for every image (softmax over ``labels``), with
+        how familiar the image is to the model (see the module docstring)."""
         labels = _check_texts(labels, "labels")
         if not images:
             raise InputError("classify: give at least one image file")
         paths = [Path(p) for p in images]
         image_embeds = self.embed_files(paths)  # every file is read (and validated) before any result
         text_embeds = self.model.encode_text(labels)["embeds"].float().cpu()
-        probs = (self.model.logit_scale.exp().float().cpu() * image_embeds @ text_embeds.T).softmax(-1)
+        sims = image_embeds @ text_embeds.T
+        probs = (self.model.logit_scale.exp().float().cpu() * sims).softmax(-1)
+        familiar = self.familiarity(image_embeds)
+        threshold = self.domain()[1]
         results = []
-        for path, p in zip(paths, probs, strict=True):
+        for path, p, sim, fam in zip(paths, probs, sims, familiar, strict=True):
             order = p.argsort(descending=True)[: top or len(labels)].tolist()
             results.append(
                 {
@@ -110,6 +159,10 @@ class ClipPipeline:
                     "label": labels[order[0]],
                     "score": float(p[order[0]]),
                     "scores": {labels[j]: float(p[j]) for j in order},
+                    "similarity": float(sim[order[0]]),  # raw cosine of the best label
+                    "familiarity": round(float(fam), 4),
+                    "familiar": bool(fam >= threshold),
+                    "familiar_threshold": round(threshold, 4),
                 }
             )
         return results

@@ -394,7 +394,8 @@ def keep_map_image(
     dropped: torch.Tensor | None = None,
 ) -> np.ndarray:
     """Keep-map for display: ``image`` ([3, H, W] in [-1, 1] or HxWx3 uint8) enlarged ``scale`` times,
-    dropped patches dimmed to ``dim`` of their brightness, each kept group outlined; patches merged into
+    dropped patches dimmed to ``dim`` of their brightness and hatched in red (dimming alone is invisible
+    on a dark image), each kept group outlined; patches merged into
     one token share a tint. ``source`` [N]: output slot of each patch (-1 dropped); ``dropped`` [N]
     (bool, optional) marks pruned patches whose area was recycled into a kept token (``recycle``): they
     are dimmed too, and outlined with the token that took their area. Returns HxWx3 uint8."""
@@ -412,15 +413,23 @@ def keep_map_image(
     rng = np.random.default_rng(0)
     tints = rng.uniform(0.35, 1.0, size=(max(len(counts), 1), 3)) * 255
     out = pixels.copy()
+    yy, xx = np.mgrid[0:ph, 0:pw]
+    stripes = ((yy + xx) % 4 == 0)[..., None]  # diagonal hatching, one pixel line in four
+    hatch = np.array([220.0, 40.0, 40.0])
+
+    def drop(tile):
+        tile *= dim
+        tile[:] = np.where(stripes, hatch, tile)
+
     for r in range(h):
         for c in range(w):
             tile = out[r * ph : (r + 1) * ph, c * pw : (c + 1) * pw]
             s = src[r, c]
             if s < 0:
-                tile *= dim
+                drop(tile)
                 continue
             if gone[r, c]:
-                tile *= dim
+                drop(tile)
             elif counts[s] > 1 and dropped is None:  # merged with others: tint by group
                 tile[:] = 0.6 * tile + 0.4 * tints[s]
             edge = (255.0, 220.0, 0.0)

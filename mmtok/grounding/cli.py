@@ -109,11 +109,16 @@ def cmd_ground(args: argparse.Namespace) -> int:
         return 0
     if info["voxels"]:
         print(f"{info['voxels']} voxels ({info['volume_ml']} mL), peak SUV {info['peak_suv']} at "
-              f"{info['peak_voxel']} -> {info['out']} ({info['seconds']} s)")  # fmt: skip
+              f"{info['peak_voxel']}, confidence {info['confidence']:.2f} -> {info['out']} "
+              f"({info['seconds']} s)")  # fmt: skip
     else:
         print(f"no lesion found for this sentence; empty mask -> {info['out']}")
     for note in info["notes"]:
         print(f"note: {note}")
+    if not info["known_place"]:  # the mask is the model's guess, not a lesion the sentence picked out
+        named = info["place"] or "no organ or lymph-node station"
+        print(f"warning: the sentence names {named}; the model knows only {', '.join(info['known_places'])}",
+              file=sys.stderr)  # fmt: skip
     return 0
 
 

@@ -313,7 +313,12 @@ class ContextualNet3D(MmtokModel):
 
     @torch.no_grad()
     def probabilities(
-        self, image: torch.Tensor, sentences: Sequence[str], overlap: float = 0.5, sw_batch_size: int = 1
+        self,
+        image: torch.Tensor,
+        sentences: Sequence[str],
+        overlap: float = 0.5,
+        sw_batch_size: int = 1,
+        progress: bool = False,
     ) -> torch.Tensor:
         """Foreground probability [Q, *spatial] for each of Q sentences about one ``image`` [2, *spatial]
         (normalised, on the model's grid): a Gaussian-blended sliding window of ``patch``-sized tiles."""
@@ -346,6 +351,7 @@ class ContextualNet3D(MmtokModel):
                 overlap=overlap,
                 mode="gaussian",
                 padding_mode="constant",
+                progress=progress,  # a tqdm bar over the windows (the web UI shows it)
             )
         prob = prob[0].float()
         return prob if self.uses_text else prob.expand(q, *prob.shape[1:])  # image-only: same map for all
@@ -384,7 +390,12 @@ class ContextualNetMIP(ContextualNet3D):
 
     @torch.no_grad()
     def probabilities(
-        self, image: torch.Tensor, sentences: Sequence[str], overlap: float = 0.5, sw_batch_size: int = 1
+        self,
+        image: torch.Tensor,
+        sentences: Sequence[str],
+        overlap: float = 0.5,
+        sw_batch_size: int = 1,
+        progress: bool = False,
     ) -> torch.Tensor:
         from monai.transforms import DivisiblePad
 

@@ -28,6 +28,9 @@ from ..errors import InputError
 from .io import CT_FILL_HU, load_ct, load_pet, resample_to_pet, same_grid, save_mask, voxel_volume_ml
 
 DEFAULT_MODEL = "contextual3d-phantom"
+# Below this peak probability a mask is reported as no match: the mask threshold is 0.5, and a peak
+# barely above it is a coin flip, not a finding the sentence picked out.
+MIN_CONFIDENCE = 0.6
 MODEL_AXES = ("L", "P", "S")  # the phantom grid the shipped models were trained on
 MAX_TEXT_CHARS = 1000
 
@@ -49,6 +52,19 @@ def _model(name: str, device: str):
     if getattr(net, "task", None) != "grounding":
         raise InputError(f"model {name!r} is a {type(net).__name__}, not a grounding model")
     return net
+
+
+def check_text(text) -> str:
+    """The sentence, or ``InputError`` if it is empty, not UTF-8 or longer than one sentence can be."""
+    if not isinstance(text, str) or not text.strip():
+        raise InputError("--text is empty: give the report sentence that describes the lesion")
+    try:  # undecodable bytes arrive as lone surrogates, which the text encoder's tokenizer rejects
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError("--text is not valid UTF-8 text") from None
+    if len(text) > MAX_TEXT_CHARS:
+        raise InputError(f"--text is {len(text)} characters; give one sentence (at most {MAX_TEXT_CHARS})")
+    return text
 
 
 def load_inputs(pet, ct) -> tuple[nib.Nifti1Image, nib.Nifti1Image, list[str]]:
@@ -97,17 +113,11 @@ def ground(
     device: str = "cpu",
     overlap: float = 0.5,
     threshold: float = 0.5,
+    progress: bool = False,
 ) -> GroundResult:
     """Segment the lesion ``text`` describes. ``pet``/``ct``: paths (PET may be a DICOM folder) or images."""
     start = time.perf_counter()
-    if not isinstance(text, str) or not text.strip():
-        raise InputError("--text is empty: give the report sentence that describes the lesion")
-    try:  # undecodable bytes arrive as lone surrogates, which the text encoder's tokenizer rejects
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InputError("--text is not valid UTF-8 text") from None
-    if len(text) > MAX_TEXT_CHARS:
-        raise InputError(f"--text is {len(text)} characters; give one sentence (at most {MAX_TEXT_CHARS})")
+    check_text(text)
     if not 0.0 <= overlap < 1.0 or not 0.0 < threshold < 1.0:
         raise InputError("overlap must be in [0, 1) and threshold in (0, 1)")
     pet_img, ct_img, notes = load_inputs(pet, ct)
@@ -125,7 +135,12 @@ def ground(
     from .model import normalise, postprocess
 
     image = normalise(np.asarray(pet_g.dataobj), np.asarray(ct_g.dataobj))
-    prob = net.probabilities(image, [text], overlap=overlap)[0].cpu().numpy().astype(np.float32)
+    prob = (
+        net.probabilities(image, [text], overlap=overlap, progress=progress)[0]
+        .cpu()
+        .numpy()
+        .astype(np.float32)
+    )
     if resampled:  # probabilities back onto the (reoriented) PET grid
         prob_img = nibabel.processing.resample_from_to(nib.Nifti1Image(prob, pet_g.affine), pet_m, order=1)
         prob = np.asarray(prob_img.dataobj, np.float32)
@@ -136,8 +151,9 @@ def ground(
     mask = nib.orientations.apply_orientation(mask_m, back).astype(bool)
     prob = nib.orientations.apply_orientation(prob, back).astype(np.float32)
     suv = np.asarray(pet_img.dataobj, np.float32)
-    from .reports import strip_numbers
+    from .reports import find_organ, strip_numbers
 
+    place, places = find_organ(text), known_places(net)
     info = {
         "text": text,
         "model_text": strip_numbers(text) if net.uses_text else None,
@@ -147,6 +163,13 @@ def ground(
         "peak_suv": None,
         "peak_voxel": None,
         "centroid_voxel": None,
+        # The place the sentence names (reports.find_organ), whether the model was trained on it, and
+        # the peak foreground probability inside the mask: the UI says "no lesion matches" when the
+        # place is unknown or the peak is under MIN_CONFIDENCE.
+        "place": place,
+        "known_place": place in places,
+        "known_places": sorted(places),
+        "confidence": round(float(prob[mask].max()), 4) if mask.any() else 0.0,
         "notes": notes,
     }
     if mask.any():
@@ -159,6 +182,27 @@ def ground(
         notes.append("no lesion found for this sentence (empty mask)")
     info["seconds"] = round(time.perf_counter() - start, 3)
     return GroundResult(mask=mask, probability=prob, pet=pet_img, info=info)
+
+
+def sentence_place(
+    text: str, model: str = DEFAULT_MODEL, device: str = "cpu"
+) -> tuple[str | None, list[str]]:
+    """(the place ``text`` names, the places ``model`` knows), without running the model: a sentence
+    naming none of them can be answered at once."""
+    from .reports import find_organ
+
+    return find_organ(text or ""), sorted(known_places(_model(str(model), str(device))))
+
+
+def known_places(net) -> set[str]:
+    """The organs and node stations a grounding model's training sentences named: the phantom sites
+    (every shipped grounding model trains on phantoms; ``net.places`` overrides)."""
+    places = getattr(net, "places", None)
+    if places:
+        return set(places)
+    from .phantom import SITES
+
+    return {s.organ for s in SITES}
 
 
 def save_overlay(suv: np.ndarray, mask: np.ndarray, affine: np.ndarray, path, title: str = "") -> Path:

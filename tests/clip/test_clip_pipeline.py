@@ -63,6 +63,26 @@ def test_classify_json(tiny, images, capsys):
         assert r["label"] == max(r["scores"], key=r["scores"].get)
 
 
+def test_familiarity_flags_a_photo_but_not_the_test_beds(tmp_path):
+    """The shipped CLIP's softmax names a shape for any image; familiarity says when that means little:
+    held-out shapes scenes and test digits (not the threshold's own images) pass, photos do not."""
+    import skimage.data
+
+    from mmtok.data import build_dataset, to_uint8
+
+    pipe = ClipPipeline("lightclip-shapes64")
+    files = []
+    for name, split, i in [("shapes", "heldout", 300), ("shapes", "heldout", 301), ("digits", "test", 200)]:
+        files.append(tmp_path / f"{name}_{i}.png")
+        Image.fromarray(to_uint8(build_dataset(name, split, resolution=64)[i]["image"])).save(files[-1])
+    for name in ("astronaut", "chelsea", "coffee"):
+        files.append(tmp_path / f"{name}.png")
+        Image.fromarray(getattr(skimage.data, name)()).save(files[-1])
+    results = pipe.classify(files, ["a red circle", "a blue square"])
+    assert [r["familiar"] for r in results] == [True, True, True, False, False, False]
+    assert all(r["familiarity"] < r["familiar_threshold"] - 0.1 for r in results[3:])  # not borderline
+
+
 def test_classify_bad_inputs_are_one_line_errors(tiny, images, tmp_path, capsys):
     _, paths = images
     pipe = ClipPipeline(tiny)

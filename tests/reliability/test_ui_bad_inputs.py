@@ -25,15 +25,10 @@ def outcome(fn, *args):
 def test_image_endpoints(zoo, case):
     path = str(zoo["image"][case])
     results = {
-        "tokenize": outcome(app.tokenize, path, "kl-f8-64"),
-        "clip": outcome(app.clip_classify, path, "a red circle\na blue square", "lightclip-shapes64"),
+        "tokenize": outcome(app.tokenize, None, path, "kl-f8-64"),
+        "clip": outcome(app.clip_classify, None, path, "a red circle\na blue square", "lightclip-shapes64"),
+        "compress": outcome(app.compress, None, path, "lightclip-shapes64", "tcc", 0.5, ""),
     }
-    compress = getattr(app, "compress", None)  # the Compress tab, where this copy has it
-    if compress is not None and callable(compress):
-        try:
-            results["compress"] = outcome(compress, path, "tcc", 0.5, "lightclip-shapes64")
-        except TypeError:  # another signature: the CLI suite covers compress's inputs
-            pass
     for name, result in results.items():
         if case in IMAGE_ERRORS:
             assert IMAGE_ERRORS[case] in result, (name, result)
@@ -48,14 +43,16 @@ def test_text_endpoints(zoo, case):
     text = PROMPTS[case]
     state = app.load_upload(str(zoo["case"] / "SUV.nii.gz"), str(zoo["case"] / "CTres.nii.gz"), "")[0]
     results = {
-        "clip labels": outcome(app.clip_classify, str(zoo["image"]["ok_gray"]), text, "lightclip-shapes64"),
+        "clip labels": outcome(
+            app.clip_classify, None, str(zoo["image"]["ok_gray"]), text, "lightclip-shapes64"
+        ),
         "clip search": outcome(app.clip_search, text, "lightclip-shapes64", 3),
         "weaklabel": outcome(app.weaklabel, state, text),
         # xar-digits64 is class-conditional: the prompt box is not read
-        "generate": outcome(app.generate, "xar-digits64", text, 3, 1, 0, 1, 3.0),
+        "generate": outcome(app.generate, None, "xar-digits64", text, 3, 1, 0, 1, 3.0),
     }
     if hasattr(app, "ground_sentence"):
-        results["ground"] = outcome(app.ground_sentence, state, text, "no-such-model", 3)
+        results["ground"] = outcome(app.ground_sentence, None, state, text, "no-such-model", 3)
     expected = {
         "empty": {"clip labels": "label", "clip search": "search", "weaklabel": "report", "ground": "empty"},
         "100kB": {
@@ -97,9 +94,9 @@ def test_grid_mismatch_and_settings(zoo, tmp_path):
         ("x", 1, 0, 1, 3.0),
     ]
     for settings in bad_settings:
-        assert outcome(app.generate, "xar-digits64", "", *settings) != "ok", settings
+        assert outcome(app.generate, None, "xar-digits64", "", *settings) != "ok", settings
     image = str(zoo["image"]["ok_gray"])
     for name in ("no-such-model", str(tmp_path)):  # unknown name; a folder that is no model
-        assert outcome(app.generate, name, "", 3, 1, 0, 1, 3.0) != "ok"
-        assert outcome(app.tokenize, image, name) != "ok"
-        assert outcome(app.clip_classify, image, "a", name) != "ok"
+        assert outcome(app.generate, None, name, "", 3, 1, 0, 1, 3.0) != "ok"
+        assert outcome(app.tokenize, None, image, name) != "ok"
+        assert outcome(app.clip_classify, None, image, "a", name) != "ok"

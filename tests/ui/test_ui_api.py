@@ -38,7 +38,7 @@ def scene_png(tmp_path_factory):
 
 def test_generate_endpoint(client):
     gallery, info = client.predict("xar-digits64", "", 3, 2, 0, 2, 3.0, api_name="/generate")
-    assert len(gallery) == 2 and "2 image(s) in" in info
+    assert len(gallery) == 2 and "2 image(s), " in info and "sampling" in info
     assert Image.open(gallery[0]["image"]).format == "PNG"
     with pytest.raises(AppError, match="unknown class 42"):
         client.predict("xar-digits64", "", 42, 1, 0, 2, 3.0, api_name="/generate")
@@ -76,7 +76,7 @@ def test_petct_endpoints(client):
     sentence = parse_report(report)[0].sentence
     slider, axial, coronal, mask, info = client.predict(sentence, "contextual3d-phantom", 40,
                                                         api_name="/ground_sentence")  # fmt: skip
-    assert mask.endswith(".nii.gz") and ("voxels" in info or "No lesion found" in info)
+    assert ("Match" in info and mask.endswith(".nii.gz")) or ("No lesion matches" in info and mask is None)
     with pytest.raises(AppError, match="empty"):
         client.predict("   ", "contextual3d-phantom", 40, api_name="/ground_sentence")
 
@@ -95,3 +95,10 @@ def test_compress_endpoint(client, scene_png):
         client.predict(
             handle_file(scene_png), "lightclip-shapes64", "nonsense", 0.5, "", api_name="/compress"
         )
+
+
+def test_the_api_lists_what_a_script_calls_and_nothing_else(client):
+    """Viewer events (slider, finding pick), field toggles and the click stamps stay private."""
+    named = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
+    assert named == {"/generate", "/tokenize", "/clip_classify", "/clip_search", "/compress", "/load_sample",
+                     "/load_upload", "/weaklabel", "/ground_sentence"}  # fmt: skip
