@@ -12,7 +12,6 @@ messages in the page; uploads are validated by content (image decoding, NIfTI he
 from __future__ import annotations
 
 import functools
-import math
 import tempfile
 import time
 from pathlib import Path
@@ -462,7 +461,6 @@ def _sentence_choices(report: str):
 
 
 SLICE_LABEL = "axial image, numbered as reports number them: 1 = the top-most (head) image"
-VIEW_WIDTH = 384  # px: the views are enlarged by whole factors to at least this width
 
 
 def _viewer_updates(state):
@@ -489,76 +487,19 @@ def _report_number(state, index: int) -> int:
     return index_to_report_slice(int(index), n, head_up)
 
 
-def _zoom(img: np.ndarray | None) -> np.ndarray | None:
-    """Nearest-neighbour enlargement by a whole factor: a 4 mm phantom is ~96 voxels wide, too small
-    to read on screen, and smoothing would blur the mask's edge."""
-    if img is None:
-        return None
-    k = max(1, math.ceil(VIEW_WIDTH / img.shape[1]))
-    return np.kron(img, np.ones((k, k, 1), dtype=img.dtype))
-
-
-def _load_arrays(state):
-    from mmtok.grounding.io import axial_axis, load_volume, lr_axis
-
-    pet = load_volume(state["pet"], "PET")
-    suv = np.asarray(pet.dataobj, dtype=np.float32)
-    ct = np.asarray(load_volume(state["ct"], "CT").dataobj, dtype=np.float32) if state.get("ct") else None
-    hf, head_up = axial_axis(pet.affine)
-    lr, left_up = lr_axis(pet.affine)
-    return suv, ct, hf, head_up, lr, left_up
-
-
-def _window(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    return (np.clip((x - lo) / (hi - lo), 0, 1) * 255).astype(np.uint8)
-
-
-def _fuse(ct2d, suv2d, mask2d, window=(-160, 240)) -> np.ndarray:
-    """CT in grey (soft-tissue window), PET as a hot overlay (SUV 0-10), the mask in green."""
-    grey = _window(ct2d, *window) if ct2d is not None else np.zeros(suv2d.shape, dtype=np.uint8)
-    rgb = np.repeat(grey[..., None], 3, axis=-1).astype(np.float32)
-    hot = np.clip(suv2d / 10.0, 0, 1)[..., None]
-    rgb = rgb * (1 - 0.6 * hot) + 0.6 * hot * np.array([255.0, 80.0, 0.0])
-    if mask2d is not None:
-        m = mask2d[..., None].astype(np.float32)
-        rgb = rgb * (1 - 0.5 * m) + 0.5 * m * np.array([0.0, 255.0, 0.0])
-    return rgb.clip(0, 255).astype(np.uint8)
-
-
-def _orient(
-    plane: np.ndarray, rows_axis: int, cols_axis: int, rows_flip: bool, cols_flip: bool
-) -> np.ndarray:
-    """A 2D plane whose two remaining array axes are ``rows_axis`` < or > ``cols_axis`` -> rows x cols."""
-    img = plane if rows_axis < cols_axis else plane.swapaxes(0, 1)
-    img = img[::-1] if rows_flip else img
-    return np.ascontiguousarray(img[:, ::-1] if cols_flip else img)
-
-
 def render(state, number):
-    """Axial image ``number`` (as reports number them: 1 = top-most) and the coronal MIP: CT + PET
-    (+ mask), radiological view (patient's right on the image's left), head at the top of the coronal
-    view, the axial image's level marked on the coronal view."""
-    from mmtok.grounding.io import report_slice_to_index
+    """Axial image ``number`` (as reports number them: 1 = top-most) and the coronal MIP of the case
+    (``mmtok.grounding.viewer``)."""
+    from mmtok.grounding.io import load_volume
+    from mmtok.grounding.viewer import views
 
     if not state:
         return None, None
-    suv, ct, hf, head_up, lr, left_up = _load_arrays(state)
+    pet = load_volume(state["pet"], "PET")
+    suv = np.asarray(pet.dataobj, dtype=np.float32)
+    ct = np.asarray(load_volume(state["ct"], "CT").dataobj, dtype=np.float32) if state.get("ct") else None
     mask = np.load(state["mask"]) if state.get("mask") else None
-    ap = 3 - hf - lr
-    n = suv.shape[hf]
-    number = int(np.clip(int(number or 1), 1, n))
-    i = report_slice_to_index(number, n, head_up)
-    take = lambda a: None if a is None else np.take(a, i, axis=hf)  # noqa: E731
-    axial = _fuse(take(ct), take(suv), take(mask))  # axes (lr, ap) in array order
-    rest = sorted((lr, ap))
-    axial = _orient(axial, rest.index(ap), rest.index(lr), False, not left_up)
-    proj = lambda a, f: None if a is None else f(a, axis=ap)  # noqa: E731
-    # The CT projection is a mean through air and tissue: a wider window than the axial view's.
-    coronal = _fuse(proj(ct, np.mean), proj(suv, np.max), proj(mask, np.max), window=(-900, 100))
-    rest = sorted((lr, hf))
-    coronal = _orient(coronal, rest.index(hf), rest.index(lr), head_up, not left_up)
-    coronal[number - 1, ::2] = (80, 160, 255)  # the axial image's level (dotted); row 0 is the head
-    return _zoom(axial), _zoom(coronal)
+    return views(suv, ct, mask, pet.affine, number)
 
 
 def weaklabel(state, report):
@@ -957,7 +898,7 @@ def build_demo(device: str = "cpu") -> gr.Blocks:
                             label="axial (CT grey + PET hot + mask green)", format="png", elem_id="pet-axial"
                         )
                         p_coronal = gr.Image(
-                            label="coronal MIP (blue dots: the axial image's level)",
+                            label="coronal MIP (blue ticks: the axial image's level)",
                             format="png",
                             elem_id="pet-coronal",
                         )

@@ -14,6 +14,7 @@ from PIL import Image
 
 from apps import gradio_app as app
 from mmtok.data import build_dataset, to_uint8
+from mmtok.grounding.viewer import VIEW_WIDTH
 
 pytestmark = pytest.mark.ui
 
@@ -199,7 +200,7 @@ def test_weak_labels_keep_their_mask_and_the_viewer_speaks_report_numbers(page):
     expect(page.locator("#pet-mask a")).to_have_attribute("href", re.compile(r"/mask\.nii\.gz$"))
     # The views are big enough to read (a 96-voxel phantom used to be ~95 px wide).
     axial = page.locator("#pet-axial img")
-    assert axial.evaluate("img => img.naturalWidth") >= app.VIEW_WIDTH
+    assert axial.evaluate("img => img.naturalWidth") >= VIEW_WIDTH
     assert axial.bounding_box()["width"] >= 300
     # Showing a finding moves the slider to the image number its table row gives.
     rows = [r.split("\n") for r in page.locator("#pet-findings").get_by_role("row").all_inner_texts()]
