@@ -19,6 +19,8 @@ def test_two_setup_commands_and_ci_runs_the_test_command():
     assert "pytest" in tests
     ci = (ROOT / ".ci" / "run").read_text()
     assert tests in ci.splitlines(), "the README's test command must be run verbatim by .ci/run"
+    # CI cannot pass on nothing: every step fails the script, and "no tests collected" (exit 5) too.
+    assert "set -euo pipefail" in ci.splitlines() and "rc=0" not in ci
     assert "torch==2.14.1" in (ROOT / "pyproject.toml").read_text()
     assert "torchvision==0.29.1" in (ROOT / "pyproject.toml").read_text()
 
