@@ -52,7 +52,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .train.trainer import train_from_config
 
     result = train_from_config(
-        args.config, max_steps=args.max_steps, resume=args.resume, out=args.out, export=args.export
+        args.config,
+        overrides=args.overrides,
+        max_steps=args.max_steps,
+        resume=args.resume,
+        out=args.out,
+        export=args.export,
     )
     if args.json:
         _print_json(result)
@@ -223,6 +228,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model from a YAML config")
     p.add_argument("config", help="YAML config (see configs/)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config key, e.g. --set optim.lr=3e-4 --set train.seed=2 (repeatable; "
+        "dotted keys, YAML values; applied after base: and before validation)",
+    )
     p.add_argument("--max-steps", type=int, default=None, help="override optim.max_steps")
     p.add_argument("--resume", default=None, help="checkpoint path, or 'latest' in the run folder")
     p.add_argument("--out", default=None, help="run folder (default: runs/<name>)")

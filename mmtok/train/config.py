@@ -2,15 +2,18 @@
 
 YAML is read with ``yaml.safe_load`` only (no tags, no code). Every field declares how it is parsed;
 an unknown key or a bad value raises ``ConfigError`` with one line naming the key path, e.g.
-``optim.lr: expected a positive number, got 'fast'``. The schema is documented in docs/training.md.
+``optim.lr: expected a positive number, got 'fast'``. A config may inherit another (``base:``) and
+``mmtok train --set key=value`` overrides single keys; both are resolved before validation, so the
+run folder's ``config.yaml`` is the config as trained. The schema is documented in docs/training.md.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -285,9 +288,24 @@ def config_from_dict(data: Any) -> Config:
     return cfg
 
 
-def load_config(path: str | Path) -> Config:
-    """Read and validate a YAML training config; ``ConfigError`` (one line) on any problem."""
-    path = Path(path)
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
+    """Read and validate a YAML training config; ``ConfigError`` (one line) on any problem.
+
+    A config may name another with ``base: other.yaml`` (relative to its own folder): it inherits that
+    mapping, its own keys deep-merged over it (nested mappings merge, lists and scalars replace; bases
+    may chain). ``overrides`` are ``mmtok train --set`` items, ``"optim.lr=3e-4"``: dotted key paths,
+    values read as YAML, applied after the bases and before validation.
+    """
+    data = resolve_config(path)
+    return config_from_dict(apply_overrides(data, overrides))
+
+
+def resolve_config(path: str | Path) -> Any:
+    """The config file's data with its ``base:`` chain merged in (not validated)."""
+    return _resolve(Path(path), ())
+
+
+def _read_yaml(path: Path) -> Any:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
@@ -295,12 +313,72 @@ def load_config(path: str | Path) -> Config:
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not UTF-8 text (a config is YAML)") from None
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', None) or e}") from e
-    return config_from_dict(data)
+
+
+def _resolve(path: Path, chain: tuple[Path, ...]) -> Any:
+    data = _read_yaml(path)
+    if not isinstance(data, dict) or "base" not in data:
+        return data
+    data = dict(data)
+    base = data.pop("base")
+    if not isinstance(base, str) or not base.strip():
+        raise ConfigError(f"{path}: base: expected the path of a YAML config (relative to it), got {base!r}")
+    base_path = path.parent / base
+    seen = (*chain, path)
+    if base_path.resolve() in {p.resolve() for p in seen}:
+        cycle = " -> ".join(str(p) for p in (*seen, base_path))
+        raise ConfigError(f"{path}: base: configs name each other in a cycle ({cycle})")
+    if not base_path.is_file():
+        raise ConfigError(f"{path}: base: no config file {base_path}")
+    inherited = _resolve(base_path, seen)
+    if not isinstance(inherited, dict):
+        raise ConfigError(f"{base_path}: expected a mapping (a base config), got {inherited!r}")
+    return deep_merge(inherited, data)
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` on top of ``base``: mappings present in both merge key by key; anything else replaces."""
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def apply_overrides(data: Any, overrides: Sequence[str]) -> Any:
+    """``key.path=value`` items (``mmtok train --set``) on a config's data; values are read as YAML
+    (``3e-4``, ``true``, ``null``, ``[0.9, 0.99]``). Unknown keys are left to validation, which names
+    them as it names a config file's."""
+    if not overrides:
+        return data
+    out = copy.deepcopy(data) if isinstance(data, dict) else {}
+    for item in overrides:
+        key, sep, raw = str(item).partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(p.strip() for p in parts):
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. optim.lr=3e-4 or data.batch_size=64")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {key}: cannot read {raw!r} as a YAML value") from None
+        node = out
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                where = ".".join(parts[: i + 1])
+                raise ConfigError(f"--set {key}: {where} is {child!r}, not a mapping")
+            node = child
+        node[parts[-1]] = value
+    return out
 
 
 def with_max_steps(cfg: Config, max_steps: int | None) -> Config:

@@ -6,6 +6,7 @@ Launch::
     torchrun --nproc_per_node 4 -m mmtok train configs/x.yaml       # DDP, one process per device
     accelerate launch --num_processes 2 -m mmtok train configs/x.yaml
     mmtok train configs/x.yaml --resume latest                      # continue a killed run exactly
+    mmtok train configs/x.yaml --set train.seed=2 --set optim.lr=3e-4   # one-key overrides
 
 A model family plugs in by implementing ``training_step(batch) -> (loss, logs)`` (and optionally
 ``evaluate(dataset, device) -> metrics``). The loop: AdamW (no decay on biases, norms, embeddings),
@@ -13,9 +14,10 @@ linear warm-up + cosine LR, gradient accumulation and clipping, bf16 autocast, E
 ``ModelEmaV3``), atomic checkpoints with every rank's RNG state, and data order fixed by
 (seed, step) so that a resumed run replays exactly what a straight run would have done.
 
-Run folder (``runs/<name>`` or ``--out``): ``config.yaml`` (resolved config), ``metrics.jsonl``,
-``loss.png``, ``checkpoints/step_<N>.pt``. Export (``weights/<name>`` or ``--export``): the final
-EMA model as bf16 safetensors with a README (command, config, hardware, metrics).
+Run folder (``runs/<name>`` or ``--out``): ``config.yaml`` (resolved config: ``base:`` merged,
+``--set`` applied, defaults filled in), ``metrics.jsonl``, ``loss.png``, ``checkpoints/step_<N>.pt``.
+Export (``weights/<name>`` or ``--export``): the final EMA model as bf16 safetensors with a README
+(command, config, hardware, metrics).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import platform
 import shlex
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -780,9 +782,11 @@ def _plot(metrics: Path, png: Path, title: str) -> None:
     os.replace(tmp, png)
 
 
-def _command(config_path, max_steps, out, export) -> str:
+def _command(config_path, max_steps, out, export, overrides=()) -> str:
     """The command line that reproduces this run (resume flags dropped: resuming is exact)."""
     args = ["mmtok", "train", str(config_path)]
+    for item in overrides:
+        args += ["--set", str(item)]
     args += ["--max-steps", str(max_steps)] if max_steps is not None else []
     args += ["--out", str(out)] if out is not None else []
     args += ["--export", str(export)] if export is not None else []
@@ -796,15 +800,18 @@ def _command(config_path, max_steps, out, export) -> str:
 def train_from_config(
     config_path: str | os.PathLike,
     *,
+    overrides: Sequence[str] = (),
     max_steps: int | None = None,
     resume: str | os.PathLike | None = None,
     out: str | os.PathLike | None = None,
     export: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
-    """Train from a YAML config (``mmtok train``); returns a JSON-able summary."""
-    cfg = with_max_steps(load_config(config_path), max_steps)
+    """Train from a YAML config (``mmtok train``); returns a JSON-able summary. ``overrides`` are
+    ``--set key=value`` items (``load_config``); the run folder records the config they resolve to."""
+    cfg = with_max_steps(load_config(config_path, overrides), max_steps)
     threads = torch.get_num_threads()
-    trainer = Trainer(cfg, out=out, export=export, command=_command(config_path, max_steps, out, export))
+    command = _command(config_path, max_steps, out, export, overrides)
+    trainer = Trainer(cfg, out=out, export=export, command=command)
     try:
         return trainer.fit(resume=resume)
     except OSError as e:  # run folder or export not writable, disk full: one line, not a traceback
