@@ -570,6 +570,28 @@ def show_finding(state, choice):
     return state, gr.Slider(value=peak), *render(state, peak), nii
 
 
+def _against_the_sentence(state, sentence: str, mask: np.ndarray, peak_suv: float) -> str | None:
+    """Why the mask cannot be the lesion the sentence describes, from the sentence's own SUVmax and
+    image number (report sentences carry both; the weak labeller's match rule: SUV within 10%, the
+    lesion spanning the image); None if the sentence states neither or the mask agrees."""
+    from mmtok.grounding.reports import parse_sentence
+
+    finding = parse_sentence(sentence, min_suv=0.0)
+    if finding is None or (finding.suvmax is None and finding.slice is None):
+        return None
+    axis = _axial(state)[0]
+    indices = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+    images = sorted(_report_number(state, i) for i in (indices.min(), indices.max()))
+    wrong = []
+    if finding.suvmax is not None and abs(peak_suv - finding.suvmax) > 0.1 * finding.suvmax:
+        wrong.append(f"the sentence says SUVmax {finding.suvmax:g}, this mask peaks at {peak_suv:.2f}")
+    if finding.slice is not None and not images[0] <= finding.slice <= images[1]:
+        wrong.append(
+            f"the sentence says image {finding.slice}, this mask spans images {images[0]}-{images[1]}"
+        )
+    return "; ".join(wrong) + "." if wrong else None
+
+
 def _grounding_f1(model: str) -> float | None:
     return next((m["metrics"].get("f1_suv_match") for m in mmtok.list_models() if m["name"] == model), None)
 
@@ -618,12 +640,20 @@ def ground_sentence(started, state, sentence, model, number, progress=gr.Progres
         caveat = (
             f" This model picks the lesion a sentence names in {_pct(f1)} of held-out queries "
             "(SUV-match F1, its card) and favours the hottest lesion: check the image."
+            if f1 is not None
+            else ""
         )
         text = (
             f"**Match** (confidence {info['confidence']:.2f}, the peak probability): {info['voxels']} "
             f"voxels, {info['volume_ml']:.1f} mL, peak SUV {info['peak_suv']:.2f} on image {number}. "
-            f"({took}){caveat if f1 is not None else ''}"
+            f"({took}){caveat}"
         )
+        clash = _against_the_sentence(state, sentence, result.mask, info["peak_suv"])
+        if clash:  # the sentence's own numbers say the model picked another lesion
+            text = (
+                f"**Probably another lesion** (confidence {info['confidence']:.2f}, peak SUV "
+                f"{info['peak_suv']:.2f} on image {number}): {clash} ({took}){caveat}"
+            )
     if mask is None:
         state, nii = dict(state, mask=None, mask_file=None), None
     else:

@@ -136,10 +136,13 @@ def test_petct_grounding_a_sentence(tmp_path):
     assert sentence == choice and sentence in report
     state, slider, axial, coronal, nii, info = app.ground_sentence(None, state, sentence, model, 10)
     mask = np.asarray(nib.load(nii).dataobj) > 0
-    assert mask.shape == (32, 32, 48) and mask.sum() > 0 and "voxels" in info and "peak SUV" in info
+    assert mask.shape == (32, 32, 48) and mask.sum() > 0
+    # The untrained net's one-voxel mask is not the lesion the sentence describes, and the sentence's
+    # own SUVmax and image number say so: the page must not call it a match.
     confidence = float(info.split("(confidence ")[1].split(",")[0])
-    assert info.startswith("**Match**") and confidence >= 0.6 and " s)" in info
-    assert 1 <= slider.value <= 48 and f"on image {slider.value}." in info
+    assert info.startswith("**Probably another lesion**") and confidence >= 0.6 and " s)" in info
+    assert "the sentence says SUVmax" in info and "this mask spans images" in info
+    assert 1 <= slider.value <= 48 and f"on image {slider.value})" in info
     # A sentence that names no place the model was trained on is not presented as a match.
     state2, _, _, _, nii2, info2 = app.ground_sentence(None, state, "A banana.", model, 10)
     assert nii2 is None and state2["mask"] is None
@@ -234,3 +237,26 @@ def test_clip_tab_flags_an_unfamiliar_image(tmp_path):
     Image.fromarray(skimage.data.chelsea()).save(photo)
     _, text = app.clip_classify(None, str(photo), "a red circle\na blue square", "lightclip-shapes64")
     assert "looks unlike anything the model was trained on" in text
+
+
+def test_a_mask_is_checked_against_the_sentences_own_numbers(tmp_path):
+    """The true lesion's mask agrees with its sentence; another lesion's mask is named as such."""
+    import json
+
+    import nibabel as nib
+
+    case = _case(tmp_path)
+    state = app.load_upload(str(case / "SUV.nii.gz"), str(case / "CTres.nii.gz"), "")[0]
+    seg = np.asarray(nib.load(case / "SEG.nii.gz").dataobj)
+    suv = np.asarray(nib.load(case / "SUV.nii.gz").dataobj)
+    lesions = [
+        les for les in json.loads((case / "truth.json").read_text())["lesions"] if les["expect"] == "located"
+    ]
+    assert len(lesions) >= 2
+    first, other = lesions[0], lesions[1]
+    mask = seg == first["label"]
+    assert app._against_the_sentence(state, first["sentence"], mask, float(suv[mask].max())) is None
+    wrong = seg == other["label"]
+    clash = app._against_the_sentence(state, first["sentence"], wrong, float(suv[wrong].max()))
+    assert clash and "the sentence says" in clash
+    assert app._against_the_sentence(state, "Left axillary node.", wrong, 5.0) is None  # no numbers: no check
