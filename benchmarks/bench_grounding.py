@@ -3,8 +3,8 @@ DynUNet, in the same run, with peak memory.
 
     python benchmarks/bench_grounding.py [--cases 3] [--threads 1]
 
-The models are the architectures of ``configs/contextual3d-phantom.yaml`` and
-``configs/dynunet3d-phantom.yaml`` (random weights: speed does not depend on training; the shipped
+The models are the architectures of ``configs/contextual3d-phantom/contextual3d-phantom.yaml`` and
+``experiments/configs/dynunet3d-phantom.yaml`` (random weights: speed does not depend on training; the shipped
 weights are used instead when ``--shipped`` is given). Each case is a fresh 96 x 96 x 160 phantom at
 4 mm written as NIfTI; a timed call is ``mmtok.grounding.pipeline.ground`` on the files: load,
 resample, encode the sentence (all-MiniLM-L6-v2, first use of a sentence: uncached), sliding window
@@ -30,7 +30,10 @@ from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ROOT = Path(__file__).resolve().parents[1]
-MODELS = {"contextual3d": "configs/contextual3d-phantom.yaml", "image-only": "configs/dynunet3d-phantom.yaml"}
+MODELS = {
+    "contextual3d": "configs/contextual3d-phantom/contextual3d-phantom.yaml",
+    "image-only": "experiments/configs/dynunet3d-phantom.yaml",
+}
 SHIPPED = {"contextual3d": "contextual3d-phantom", "image-only": "dynunet3d-phantom"}
 
 

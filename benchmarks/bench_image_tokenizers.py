@@ -12,7 +12,7 @@ Two tables, both on 64x64 RGB images on the CPU:
   weights, and labelled so, when ``weights/`` lacks them) and the diffusers ``VQModel`` peer.
 - **Trained equally**: our ``BinaryTokenizer``, a diffusers ``VQModel`` of matched size and our
   ``KLTokenizer``, each trained from scratch here for ``--steps`` steps on the same batches (the
-  tokenizer training mixture of ``configs/bin-f8-64.yaml``, same seed), with the same AdamW, LR
+  tokenizer training mixture of ``configs/bin-f8-64/bin-f8-64.yaml``, same seed), with the same AdamW, LR
   schedule (the configs', warm-up scaled to ``--steps``), gradient clipping and bf16 autocast, no
   EMA; then held-out PSNR / SSIM, bits per image,
   parameters, codebook usage, training s/step and encode + decode speed at batch 64.
@@ -260,8 +260,8 @@ def environment(threads: int) -> dict:
 def run(args: argparse.Namespace) -> dict:
     threads = set_threads(args.threads)
     env = environment(threads)
-    bin_cfg = load_config(ROOT / "configs" / "bin-f8-64.yaml")
-    kl_cfg = load_config(ROOT / "configs" / "kl-f8-64.yaml")
+    bin_cfg = load_config(ROOT / "configs" / "bin-f8-64" / "bin-f8-64.yaml")
+    kl_cfg = load_config(ROOT / "configs" / "kl-f8-64" / "kl-f8-64.yaml")
     bits = args.bits or bin_cfg.model.kwargs["bits"]
     bin_kwargs = dict(bin_cfg.model.kwargs, bits=bits)
     if bits % bin_kwargs.get("sub_tokens", 1):
@@ -299,7 +299,7 @@ def run(args: argparse.Namespace) -> dict:
         )
         data = bin_cfg.data
         if kl_cfg.data != data:  # the table claims one training set for all three
-            raise MmtokError("configs/kl-f8-64.yaml and bin-f8-64.yaml train on different data")
+            raise MmtokError("the kl-f8-64 and bin-f8-64 stage-2 configs train on different data")
         dataset = build_dataset(data.name, data.split, **data.kwargs)
         kind = bin_kwargs["pixel_loss"]
         recipes = (

@@ -3,13 +3,15 @@
     python scripts/gpu_train_tokenizers.py --budget 400 --out DIR          # kl-f8-64 + bin-f8-64
     python scripts/gpu_train_tokenizers.py --names xar-shapes64 dit-shapes64 --steps 8000 --eval --out DIR
 
-What it runs is the ordinary ``mmtok train configs/<name>.yaml --max-steps N`` for ``kl-f8-64`` and
+What it runs is the ordinary ``mmtok train <config of name> --max-steps N`` for ``kl-f8-64`` and
 ``bin-f8-64`` (both at once: small convnets leave a big GPU mostly idle), then
 ``mmtok eval tokenizer --model <name> --write --json``. The only thing decided here is N: a 100-step
 probe of both configs, run together as the real runs will be, measures seconds per step, and N is
 the largest multiple of 100 that fits the remaining budget. The command each model card records
 (``--max-steps N``) reproduces the run on any machine; only the wall time differs.
-The exported folders, with their logs, are packed as ``DIR/<name>.tar``.
+The exported folders, with their logs, are packed as ``DIR/<name>.tar``. A name's config is
+``configs/<name>.yaml``, else the stage config of that name in a recipe folder
+(``configs/kl-f8-64/kl-f8-64-s1.yaml``), else ``experiments/configs/<name>.yaml``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,16 @@ import time
 from pathlib import Path
 
 NAMES = ("kl-f8-64", "bin-f8-64")
+
+
+def config_path(name: str) -> str:
+    """The config file a name trains: a shipped recipe, a stage of a recipe folder, or an experiment."""
+    found = [Path("configs") / f"{name}.yaml", *sorted(Path("configs").glob(f"*/{name}.yaml"))]
+    found.append(Path("experiments") / "configs" / f"{name}.yaml")
+    for path in found:
+        if path.is_file():
+            return str(path)
+    raise SystemExit(f"no config named {name} in configs/, configs/*/ or experiments/configs/")
 
 
 def launch(args: list[str], log: Path) -> subprocess.Popen:
@@ -50,7 +62,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--max-steps", type=int, default=40000)
     ap.add_argument("--steps", type=int, default=None, help="skip the probe: train this many steps")
-    ap.add_argument("--names", nargs="+", default=list(NAMES), help="configs/<name>.yaml to train")
+    ap.add_argument("--names", nargs="+", default=list(NAMES), help="config names to train")
     ap.add_argument("--eval", action="store_true", help="run mmtok eval tokenizer --write afterwards")
     ap.add_argument("--part-mb", type=int, default=15, help="split each packed model into parts this big")
     a = ap.parse_args()
@@ -83,7 +95,7 @@ def prepare(names) -> None:
         "        if sub is not None and sub.name == 'latents':\n"
         "            build_dataset(sub.name, sub.split, **sub.kwargs)\n"
     )
-    subprocess.run([sys.executable, "-c", code, *[f"configs/{n}.yaml" for n in names]], check=True)
+    subprocess.run([sys.executable, "-c", code, *[config_path(n) for n in names]], check=True)
 
 
 def probe(a, names, work: Path, logs: dict[str, Path], start: float) -> int:
@@ -93,7 +105,7 @@ def probe(a, names, work: Path, logs: dict[str, Path], start: float) -> int:
         n: launch(
             [
                 "train",
-                f"configs/{n}.yaml",
+                config_path(n),
                 "--max-steps",
                 "100",
                 "--out",
@@ -125,7 +137,7 @@ def probe(a, names, work: Path, logs: dict[str, Path], start: float) -> int:
 def train(names, steps: int, work: Path, logs: dict[str, Path], start: float) -> None:
     """The real runs, exported to weights/<name> (the default), side by side."""
     procs = {
-        n: launch(["train", f"configs/{n}.yaml", "--max-steps", str(steps), "--out", str(work / n)], logs[n])
+        n: launch(["train", config_path(n), "--max-steps", str(steps), "--out", str(work / n)], logs[n])
         for n in names
     }
     wait_all(procs, logs)

@@ -2,7 +2,7 @@
 judge on held-out shapes, the two figures the tokenizer targets hinge on.
 
     python scripts/tokenizer_checkpoint.py CONFIG CHECKPOINT [--photos 512] [--judge 256]
-    python scripts/tokenizer_checkpoint.py configs/kl-f8-64-ref128.yaml none   # step 0: the init weights
+    python scripts/tokenizer_checkpoint.py experiments/configs/kl-f8-64-ref128.yaml none   # step 0: init
 
 The model is built from CONFIG exactly as ``mmtok train`` builds it (``model.init`` included), then the
 checkpoint's EMA copy (``--weights model``: the live weights) replaces its weights (``none`` keeps the

@@ -208,7 +208,8 @@ class BinaryTokenizer(MmtokModel):
             gets all heads). In trials on stage 6 all three heads traded shape errors for colour
             errors, and the shape head alone let the colours drift further: the network knows only
             the palette colours, so its colour head means little on hue-rotated shapes, which is
-            what a mapping such as ``{"shapes-hue": ["shape", "size"]}`` is for (docs/tokenizers.md).
+            what a mapping such as ``{"shapes-hue": ["shape", "size"]}`` is for
+            (docs/log/tokenizers-trials.md).
         consistency_networks: with several ``perceptual`` networks, which one reads each source for
             the consistency term (a mapping from source to network name; a source it leaves out, or
             a batch without sources, uses the first network).

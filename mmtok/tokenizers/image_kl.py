@@ -1,7 +1,7 @@
 """Continuous image tokenizer: a KL autoencoder (diffusers' ``AutoencoderKL``) with latent scaling.
 
 ``KLTokenizer`` wraps a diffusers ``AutoencoderKL`` built from JSON-able keyword arguments, so the same
-class holds the small autoencoders mmtok trains on its test beds (``configs/kl-f8-64.yaml``) and any
+class holds the small autoencoders mmtok trains on its test beds (``configs/kl-f8-64/kl-f8-64.yaml``) and any
 real diffusers VAE (a Stable Diffusion VAE for 256x256 work) loaded with ``from_diffusers``::
 
     tok = mmtok.load("kl-f8-64")                    # 64x64 RGB -> 16 x 8 x 8 latents

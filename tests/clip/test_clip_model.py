@@ -138,11 +138,13 @@ def test_shipped_configs_differ_only_in_the_objective():
 
     from mmtok.train.config import load_config
 
-    root = Path(__file__).resolve().parents[2] / "configs"
-    cfgs = {
-        name: load_config(root / f"{name}-shapes64.yaml").to_dict()
-        for name in ("clip", "siglip", "lightclip")
+    repo = Path(__file__).resolve().parents[2]
+    paths = {  # siglip-shapes64 is a baseline that made no shipped model: an experiment config
+        "clip": repo / "configs" / "clip-shapes64.yaml",
+        "siglip": repo / "experiments" / "configs" / "siglip-shapes64.yaml",
+        "lightclip": repo / "configs" / "lightclip-shapes64.yaml",
     }
+    cfgs = {name: load_config(path).to_dict() for name, path in paths.items()}
     for cfg in cfgs.values():  # same data, steps, seeds and schedule for the baselines and LightCLIP
         assert {k: v for k, v in cfg.items() if k not in ("name", "model")} == {
             k: v for k, v in cfgs["lightclip"].items() if k not in ("name", "model")

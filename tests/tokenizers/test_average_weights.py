@@ -30,7 +30,8 @@ def test_averages_decoders_and_refuses_different_encoders(load_script, weights_d
 
     config = tmp_path / "tiny.yaml"
     kwargs = {"bits": 8, "block_out_channels": [8, 16, 16], "norm_num_groups": 4}
-    data = yaml.safe_load(Path("configs/bin-f8-64-b32-consist2.yaml").read_text())  # real, made tiny
+    real = Path("configs/bin-f8-64/bin-f8-64-b32-consist2.yaml")
+    data = yaml.safe_load(real.read_text())  # a real config, made tiny
     data["model"] = {"class": "BinaryTokenizer", "kwargs": kwargs}
     config.write_text(yaml.safe_dump(data))
     ema = {f"module.{k}": v for k, v in b.state_dict().items()}

@@ -320,15 +320,18 @@ def test_widening_keeps_the_old_bits_and_the_reconstructions():
         _tiny(levels=4, bits=12, sub_tokens=3).load_init_state_dict(small.state_dict())
 
 
-@pytest.mark.parametrize("bits", [24, 32])
-def test_widened_stage_configs_start_from_a_16_bit_tokenizer(bits, weights_dir):
+@pytest.mark.parametrize(
+    "bits, path",
+    [(24, "experiments/configs/bin-f8-64-b24.yaml"), (32, "configs/bin-f8-64/bin-f8-64-b32.yaml")],
+)
+def test_widened_stage_configs_start_from_a_16_bit_tokenizer(bits, path, weights_dir):
     # `mmtok train` builds the model through BinaryTokenizer.load_init_state_dict (model.init). The
     # widening configs started from stage 4 (16 bits, git history); a 16-bit tokenizer of the same
     # layers stands in for it here, so the config's own kwargs are what gets widened.
     from mmtok.train.config import load_config
     from mmtok.train.trainer import _build_model
 
-    cfg = load_config(f"configs/bin-f8-64-b{bits}.yaml")
+    cfg = load_config(path)
     kwargs = dict(cfg.model.kwargs, bits=16, sub_tokens=2)
     torch.manual_seed(0)
     source = BinaryTokenizer(**kwargs).eval()

@@ -11,7 +11,7 @@ def test_reads_init_weights_and_a_checkpoints_ema(load_script, tmp_path, capsys)
     script = load_script("tokenizer_checkpoint")
     # The head config, started from the shipped kl-f8-64 (the stage configs start from earlier stages,
     # which only their own commands export).
-    data = yaml.safe_load(Path("configs/kl-f8-64-ref.yaml").read_text())
+    data = yaml.safe_load(Path("experiments/configs/kl-f8-64-ref.yaml").read_text())
     data["model"]["init"] = "kl-f8-64"
     config = tmp_path / "head.yaml"
     config.write_text(yaml.safe_dump(data))

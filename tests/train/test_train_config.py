@@ -39,10 +39,25 @@ def test_yaml_quirks_are_accepted(tmp_path):
 
 
 def test_shipped_configs_are_valid():
-    for path in sorted((REPO / "configs").glob("*.yaml")):
+    # The recipes (configs/, stage chains in one folder per model) and the experiment configs.
+    paths = sorted((REPO / "configs").rglob("*.yaml"))
+    paths += sorted((REPO / "experiments" / "configs").glob("*.yaml"))
+    assert len(paths) > 40
+    for path in paths:
         data = yaml.safe_load(path.read_text())
-        if isinstance(data, dict) and "model" in data and "data" in data:
-            load_config(path)  # raises ConfigError naming the key if a shipped config rots
+        if isinstance(data, dict) and ("base" in data or ("model" in data and "data" in data)):
+            load_config(path)  # raises ConfigError naming the key if a config rots
+
+
+def test_configs_holds_the_recipes_of_shipped_models_only():
+    # One file or one folder (a chain of stage configs) per shipped model, plus the parser that
+    # xar-shapes64 trains with and the scale-up recipe; trials live in experiments/configs/.
+    shipped = {p.name for p in (REPO / "weights").iterdir() if (p / "config.json").is_file()}
+    extra = {"parser-shapes64", "xar-b-imagenet256"}
+    entries = {p.stem if p.suffix == ".yaml" else p.name for p in (REPO / "configs").iterdir()}
+    assert entries - shipped - extra == set()
+    for folder in (p for p in (REPO / "configs").iterdir() if p.is_dir()):
+        assert (folder / "replay.sh").is_file(), f"{folder}: no replay.sh"
 
 
 @pytest.mark.parametrize(
