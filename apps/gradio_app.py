@@ -606,7 +606,7 @@ def ground_sentence(started, state, sentence, model, number, progress=gr.Progres
     if not state:
         raise _fail("Load a case first (sample phantom or upload).")
     if not model:
-        raise _fail("No grounding model: train one (mmtok train configs/contextual3d-phantom.yaml).")
+        raise _fail("No grounding model: train one (bash configs/contextual3d-phantom/replay.sh).")
     if not state.get("ct"):
         raise _fail("Grounding reads SUV and CT: upload the CT as well.")
     try:
