@@ -44,6 +44,7 @@ from . import losses
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 CONTRASTIVE = ("clip", "soft", "siglip")
 MASK_TOKEN = "<mask>"
+CURVE_SEED = 11  # held-out scenes of the training-time zero-shot curve (not the reported seed 0)
 
 
 # ----------------------------------------------------------------------------- timm towers
@@ -376,14 +377,19 @@ class LightCLIP(MmtokModel):
     def evaluate(
         self, dataset, device: str | torch.device = "cpu", batch_size: int = 256
     ) -> dict[str, float]:
-        """Image-text retrieval recall@1/5/10 on ``dataset``'s (image, caption) pairs."""
-        from .zeroshot import embed_pairs, retrieval_metrics
+        """Image-text retrieval recall@1/5/10 on ``dataset``'s (image, caption) pairs, and zero-shot
+        object accuracy on 256 held-out single-object scenes (``zeroshot_heldout/*``): the learning
+        curve's figure. Its seed (11) is the curve's own; reported figures come from ``mmtok eval clip``
+        on other scenes (seed 0, 1,000)."""
+        from .zeroshot import embed_pairs, retrieval_metrics, shapes_zero_shot
 
         was_training = self.training
         self.eval()
         image_embeds, text_embeds = embed_pairs(self, dataset, device=device, batch_size=batch_size)
+        zero_shot = shapes_zero_shot(self, "heldout", n=256, seed=CURVE_SEED)
         self.train(was_training)
-        return retrieval_metrics(image_embeds, text_embeds) | {"n": len(dataset)}
+        metrics = retrieval_metrics(image_embeds, text_embeds) | {"n": len(dataset)}
+        return metrics | {f"zeroshot_heldout/{k}": v for k, v in zero_shot.items()}
 
 
 def _word_mask(attention_mask: torch.Tensor) -> torch.Tensor:

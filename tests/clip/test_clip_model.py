@@ -153,3 +153,15 @@ def test_shipped_configs_differ_only_in_the_objective():
     assert cfgs["clip"]["model"]["kwargs"] == {"arch": "lightclip-vit-p8-64", "contrastive": "clip"}
     light = cfgs["lightclip"]["model"]["kwargs"]
     assert light["contrastive"] == "soft" and light["token_weight"] > 0 and light["mlm_weight"] > 0
+
+
+def test_evaluate_reports_retrieval_and_the_zero_shot_curve():
+    from mmtok.data import build_dataset
+
+    torch.manual_seed(0)
+    model = LightCLIP(arch="lightclip-tiny")
+    out = model.evaluate(build_dataset("shapes", "heldout", size=32, resolution=64))
+    assert out["n"] == 32 and 0 <= out["image_to_text_R@1"] <= 1
+    assert {"zeroshot_heldout/object_acc", "zeroshot_heldout/shape_acc"} <= set(out)
+    assert 0 <= out["zeroshot_heldout/object_acc"] <= out["zeroshot_heldout/shape_acc"] <= 1
+    assert model.training  # restored
