@@ -14,7 +14,8 @@ modules, same state-dict keys -- and a trained ``clip`` state dict loads into it
 
 Training (``training_step``) switches on, by kwargs: the contrastive term (``"clip"``, ``"soft"``:
 progressive soft labels, or ``"siglip"``), token alignment (``token_weight``) and masked language
-modelling with image fusion (``mlm_weight``). The fusion blocks (cross-attention from the masked text to
+modelling with image fusion (``mlm_weight``), and composition-aware hard negatives
+(``negative_weight``). The fusion blocks (cross-attention from the masked text to
 the image tokens after every ``fusion_every``-th text layer) and the MLM head exist only while training:
 ``save_pretrained`` writes the model without them, so inference costs exactly a plain CLIP.
 """
@@ -157,6 +158,10 @@ class LightCLIP(MmtokModel):
         mlm_weight: weight of masked language modelling with image fusion; 0 switches it off.
         mlm_prob: share of caption words masked.
         fusion_every: a fusion block after every this many text layers.
+        negative_weight: weight of the composition-aware hard-negative loss (NegCLIP, Yuksekgonul et
+            al. 2023): each image must score its caption above every caption of the batch and every
+            item's ``negative`` (its scene with two colours or slots swapped, or a shape replaced; the
+            datasets' ``negatives: true``); 0 switches it off.
         train_heads: build the fusion blocks and MLM head (default: when ``mlm_weight`` > 0). Exported
             checkpoints have it False: inference never needs them.
     """
@@ -176,6 +181,7 @@ class LightCLIP(MmtokModel):
         mlm_weight: float = 0.0,
         mlm_prob: float = 0.15,
         fusion_every: int = 2,
+        negative_weight: float = 0.0,
         train_heads: bool | None = None,
     ):
         super().__init__()
@@ -200,6 +206,7 @@ class LightCLIP(MmtokModel):
         self.arch, self.contrastive = arch, contrastive
         self.token_weight, self.token_match, self.token_topk = float(token_weight), token_match, token_topk
         self.mlm_weight, self.mlm_prob = float(mlm_weight), float(mlm_prob)
+        self.negative_weight = float(negative_weight)
         self.image_size = int(cfg["vision_cfg"].get("image_size", 64))
         if contrastive == "siglip":
             self.contrastive_loss = losses.SigLipLoss()
@@ -358,6 +365,21 @@ class LightCLIP(MmtokModel):
             tok = losses.token_contrastive_loss(scores, scale)
             loss = loss + self.token_weight * tok
             logs["token"] = tok.item()
+        if self.negative_weight > 0:
+            if "negative" not in batch:
+                raise ConfigError("negative_weight > 0 needs hard negatives: set negatives: true on the data")
+            neg = self.tokenizer(list(batch["negative"])).to(batch["image"].device)
+            m = int(neg.lengths.max())
+            w = F.normalize(
+                self.text_features(neg.input_ids[:, :m], neg.attention_mask[:, :m])["pooled"].float(), dim=-1
+            )
+            logits = scale * u @ torch.cat([v, w]).T  # [B, 2B]: the batch's captions, then its negatives
+            hard = F.cross_entropy(logits, torch.arange(len(u), device=u.device))
+            loss = loss + self.negative_weight * hard
+            logs["neg"] = hard.item()
+            logs["neg_acc"] = (
+                ((u * v).sum(-1) > (u * w).sum(-1)).float().mean().item()
+            )  # true above its negative
         if self.mlm_weight > 0:
             if not self.train_heads:  # an exported checkpoint: its fusion blocks were dropped
                 raise ConfigError("mlm_weight > 0 needs train_heads=True (fusion blocks and MLM head)")
@@ -377,19 +399,22 @@ class LightCLIP(MmtokModel):
     def evaluate(
         self, dataset, device: str | torch.device = "cpu", batch_size: int = 256
     ) -> dict[str, float]:
-        """Image-text retrieval recall@1/5/10 on ``dataset``'s (image, caption) pairs, and zero-shot
-        object accuracy on 256 held-out single-object scenes (``zeroshot_heldout/*``): the learning
-        curve's figure. Its seed (11) is the curve's own; reported figures come from ``mmtok eval clip``
-        on other scenes (seed 0, 1,000)."""
-        from .zeroshot import embed_pairs, retrieval_metrics, shapes_zero_shot
+        """Image-text retrieval recall@1/5/10 on ``dataset``'s (image, caption) pairs, zero-shot object
+        accuracy on 256 held-out single-object scenes (``zeroshot_heldout/*``) and the binding test on
+        256 held-out two-object scenes (``binding_heldout/colour_swap_acc``): the learning curve. Its
+        seed (11) is the curve's own; reported figures come from ``mmtok eval clip`` on other scenes
+        (seed 0, 1,000)."""
+        from .zeroshot import binding_test, embed_pairs, retrieval_metrics, shapes_zero_shot
 
         was_training = self.training
         self.eval()
         image_embeds, text_embeds = embed_pairs(self, dataset, device=device, batch_size=batch_size)
         zero_shot = shapes_zero_shot(self, "heldout", n=256, seed=CURVE_SEED)
+        binding = binding_test(self, n=256, seed=CURVE_SEED)
         self.train(was_training)
         metrics = retrieval_metrics(image_embeds, text_embeds) | {"n": len(dataset)}
-        return metrics | {f"zeroshot_heldout/{k}": v for k, v in zero_shot.items()}
+        metrics |= {f"zeroshot_heldout/{k}": v for k, v in zero_shot.items()}
+        return metrics | {f"binding_heldout/{k}": v for k, v in binding.items() if k != "n"}
 
 
 def _word_mask(attention_mask: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,8 @@
 - **retrieval**: image->text and text->image recall@1/5/10 on 1,000 held-out scenes (1-3 objects, their
   own captions), as open_clip's ``get_clip_metrics``.
 - **digits**: 10-way zero-shot accuracy on the digits test split, prompts = the caption templates.
+- **binding**: on held-out two-object scenes of two colours, the share whose true caption scores above
+  the same caption with the two objects' colours swapped (a bag-of-words model scores about 50%).
 - **colour-histogram probe**: a logistic regression on 4x4x4 colour histograms, trained on single-object
   training scenes -- the floor a model gets from colour alone (it cannot name unseen combinations).
 
@@ -121,6 +123,26 @@ def shapes_zero_shot(model, split: str = "heldout", n: int = 1000, seed: int = 0
 
 
 @torch.no_grad()
+def binding_test(model, n: int = 1000, seed: int = 0) -> dict[str, float]:
+    """Attribute binding (see the module docstring): ``colour_swap_acc`` over ``n`` scenes."""
+    from ..data.shapes import ShapesDataset
+
+    data = ShapesDataset("heldout", size=8 * n, min_objects=2, max_objects=2, seed=seed, negatives=True)
+    items = []
+    for i in range(len(data)):
+        scene, _ = data.scene(i)
+        if scene.objects[0].colour != scene.objects[1].colour:  # its negative swaps the two colours
+            items.append(data[i])
+            if len(items) == n:
+                break
+    device = next(model.parameters()).device
+    images = embed_images(model, torch.stack([it["image"] for it in items]).to(device))
+    true = (images * embed_texts(model, [it["caption"] for it in items])).sum(-1)
+    swapped = (images * embed_texts(model, [it["negative"] for it in items])).sum(-1)
+    return {"colour_swap_acc": float((true > swapped).float().mean()), "n": len(items)}
+
+
+@torch.no_grad()
 def digits_zero_shot(model) -> dict[str, float]:
     """10-way zero-shot accuracy on the digits test split (prompts: every caption template)."""
     from ..data.digits import CAPTION_TEMPLATES, NUMBER_WORDS, DigitsDataset
@@ -205,6 +227,7 @@ def evaluate_clip(
             f"retrieval_heldout/{k}": v for k, v in retrieval_metrics(image_embeds, text_embeds).items()
         }
         metrics |= {f"digits_test/{k}": v for k, v in digits_zero_shot(model).items()}
+        metrics |= {f"binding_heldout/{k}": v for k, v in binding_test(model, n, seed).items()}
         metrics |= floor
         results[name] = metrics
         if write:

@@ -91,13 +91,14 @@ class DigitsDataset(Dataset):
         size: number of items (default: the split's digit count); item ``i`` shows digit ``i % count``,
             so with ``augment=True`` a longer dataset gives fresh variants of each digit.
         seed: base seed for augmentation and caption choice.
+        negatives: also give ``negative``: the same caption naming another digit (a CLIP hard negative).
 
     Items: ``image`` float32 [3, R, R] in [-1, 1] (light ink on dark), ``label`` int 0-9, ``caption`` str.
     """
 
     def __init__(
         self, split: str = "train", resolution: int = 64, augment: bool = False, size: int | None = None,
-        seed: int = 0,
+        seed: int = 0, negatives: bool = False,
     ):  # fmt: skip
         if resolution not in RESOLUTIONS:
             raise ConfigError(f"digits resolution must be 32 or 64, got {resolution}")
@@ -112,6 +113,7 @@ class DigitsDataset(Dataset):
             size,
             seed,
         )
+        self.negatives = bool(negatives)
 
     def __len__(self) -> int:
         return self.size
@@ -128,8 +130,12 @@ class DigitsDataset(Dataset):
         grey = F.grid_sample(images[source : source + 1], grid, mode="bicubic", align_corners=False)[0]
         label = int(labels[source])
         template = CAPTION_TEMPLATES[int(rng.integers(len(CAPTION_TEMPLATES)))]
-        return {
+        item = {
             "image": grey.clamp(0.0, 1.0).mul(2.0).sub(1.0).expand(3, -1, -1).contiguous(),
             "label": label,
             "caption": template.format(w=NUMBER_WORDS[label], n=label),
         }
+        if self.negatives:  # the same sentence naming another digit (ShapesDataset's ``negatives``)
+            other = (label + 1 + int(rng.integers(9))) % 10
+            item["negative"] = template.format(w=NUMBER_WORDS[other], n=other)
+        return item

@@ -10,8 +10,9 @@ the same item in every process, worker and access order. See ``docs/data.md`` fo
 
 from __future__ import annotations
 
+import copy
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 
 import numpy as np
@@ -666,6 +667,28 @@ def sample_scene(
     return Scene(objects, background=background, texture_seed=int(rng.integers(1 << 16)))
 
 
+def hard_negative(scene: Scene, rng: np.random.Generator) -> Scene:
+    """The scene made wrong in one composition (NegCLIP, Yuksekgonul et al. 2023): two objects'
+    colours swapped (two or more objects of different colours), else two objects' slots swapped,
+    else the single object's shape replaced (shape is what a CLIP of these scenes learns last).
+    Its caption is a hard negative: the same words as the true caption, bound differently."""
+    objs = list(scene.objects)
+    pairs = [(i, j) for i in range(len(objs)) for j in range(i + 1, len(objs))]
+    colour_pairs = [(i, j) for i, j in pairs if objs[i].colour != objs[j].colour]
+    slot_pairs = [(i, j) for i, j in pairs if (objs[i].shape, objs[i].size) != (objs[j].shape, objs[j].size)]
+    if colour_pairs:
+        i, j = colour_pairs[int(rng.integers(len(colour_pairs)))]
+        objs[i], objs[j] = replace(objs[i], colour=objs[j].colour), replace(objs[j], colour=objs[i].colour)
+    elif slot_pairs:
+        i, j = slot_pairs[int(rng.integers(len(slot_pairs)))]
+        objs[i], objs[j] = replace(objs[i], slot=objs[j].slot), replace(objs[j], slot=objs[i].slot)
+    else:
+        i = int(rng.integers(len(objs)))
+        others = [sh for sh in SHAPES if sh != objs[i].shape]
+        objs[i] = replace(objs[i], shape=others[int(rng.integers(len(others)))])
+    return replace(scene, objects=tuple(objs))
+
+
 class ShapesDataset(Dataset):
     """Captioned shape scenes generated on the fly from ``(seed, split, index)``.
 
@@ -679,6 +702,8 @@ class ShapesDataset(Dataset):
         seed: base seed; the same (seed, split, index) always gives the same item.
         textured: also use the striped / checkered / noisy backgrounds (else black and grey only).
         render: draw the image (False: captions and labels only, e.g. to train a prompt parser).
+        negatives: also give ``negative``, the caption of ``hard_negative(scene)`` in the same phrasing
+            (a CLIP's composition-aware hard negative).
 
     Items are dicts: ``image`` float32 [3, R, R] in [-1, 1]; ``shape``, ``colour``, ``size`` LongTensor[9]
     per slot (0 = empty); ``caption`` str; ``n_objects`` int; ``background`` int (index into BACKGROUNDS).
@@ -687,6 +712,7 @@ class ShapesDataset(Dataset):
     def __init__(
         self, split: str = "train", size: int | None = None, resolution: int = 64, min_objects: int = 1,
         max_objects: int = 3, seed: int = 0, textured: bool = True, render: bool = True,
+        negatives: bool = False,
     ):  # fmt: skip
         if split not in SPLITS:
             raise ConfigError(f"unknown shapes split {split!r}: use one of {', '.join(SPLITS)}")
@@ -700,6 +726,7 @@ class ShapesDataset(Dataset):
         self.split, self.size, self.resolution, self.seed = split, size, resolution, int(seed)
         self.min_objects, self.max_objects, self.textured = min_objects, max_objects, textured
         self._render = bool(render)  # private: not part of a latent cache's identity
+        self.negatives = bool(negatives)
 
     def __len__(self) -> int:
         return self.size
@@ -713,10 +740,17 @@ class ShapesDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         scene, rng = self.scene(index)
-        return {
+        phrasing = copy.deepcopy(rng) if self.negatives else None  # the negative's caption: same phrasing
+        item = {
             **({"image": scene.render(self.resolution)} if self._render else {}),
             **labels_from_scene(scene),
             "caption": scene.caption(rng),
             "n_objects": len(scene.objects),
             "background": scene.background,
         }
+        if self.negatives:
+            wrong = hard_negative(
+                scene, np.random.default_rng([self.seed, _SPLIT_CODE[self.split], int(index), 1])
+            )
+            item["negative"] = wrong.caption(phrasing)
+        return item

@@ -165,3 +165,35 @@ def test_evaluate_reports_retrieval_and_the_zero_shot_curve():
     assert {"zeroshot_heldout/object_acc", "zeroshot_heldout/shape_acc"} <= set(out)
     assert 0 <= out["zeroshot_heldout/object_acc"] <= out["zeroshot_heldout/shape_acc"] <= 1
     assert model.training  # restored
+
+
+def test_hard_negatives_train_the_true_caption_above_its_swap():
+    from torch.utils.data import default_collate
+
+    from mmtok.data import build_dataset
+    from mmtok.errors import ConfigError
+
+    torch.manual_seed(0)
+    data = build_dataset("shapes", "train", size=16, resolution=64, min_objects=2, negatives=True)
+    batch = default_collate([data[i] for i in range(16)])
+    model = LightCLIP(arch="lightclip-tiny", negative_weight=1.0)
+    optim = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    accs = []
+    for _ in range(30):
+        loss, logs = model.training_step(batch)
+        loss.backward()
+        optim.step()
+        optim.zero_grad()
+        accs.append(logs["neg_acc"])
+    assert {"neg", "neg_acc"} <= set(logs)
+    assert sum(accs[-5:]) / 5 > 0.9  # the batch's own captions now beat their swapped versions
+    with pytest.raises(ConfigError, match="negatives: true"):
+        model.training_step({k: v for k, v in batch.items() if k != "negative"})
+
+
+def test_binding_test_counts_colour_swaps():
+    from mmtok.clip.zeroshot import binding_test
+
+    torch.manual_seed(0)
+    out = binding_test(LightCLIP(arch="lightclip-tiny").eval(), n=16, seed=3)
+    assert out["n"] == 16 and 0 <= out["colour_swap_acc"] <= 1

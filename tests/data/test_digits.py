@@ -87,3 +87,20 @@ def test_bad_options():
         build_dataset("digits", augmentation=True)
     with pytest.raises(IndexError):
         D.DigitsDataset("test")[355]
+
+
+def test_digit_negatives_name_another_digit():
+    import re
+
+    from mmtok.data.digits import NUMBER_WORDS
+
+    data, plain = (
+        build_dataset("digits", "train", size=8, negatives=True),
+        build_dataset("digits", "train", size=8),
+    )
+    for i in range(8):
+        item, label = data[i], data[i]["label"]
+        named = lambda text: {d for d in range(10) if re.search(rf"\b({NUMBER_WORDS[d]}|{d})\b", text)}  # noqa: E731
+        assert named(item["caption"]) == {label}
+        assert len(named(item["negative"])) == 1 and label not in named(item["negative"])
+        assert plain[i]["caption"] == item["caption"] and torch.equal(plain[i]["image"], item["image"])

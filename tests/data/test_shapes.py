@@ -242,3 +242,24 @@ def test_uint8_round_trip():
     assert from_uint8(pixels[..., 0]).shape == (3, 64, 64)
     with pytest.raises(MmtokError):
         from_uint8(pixels.astype(np.float32))
+
+
+def test_hard_negatives_swap_colours_then_slots_then_replace_the_shape():
+    from mmtok.data.shapes import Scene, SceneObject, ShapesDataset, hard_negative
+
+    rng = np.random.default_rng(0)
+    two = Scene((SceneObject(0, "star", "red", "small"), SceneObject(8, "ring", "blue", "large")))
+    neg = hard_negative(two, rng)
+    assert [(o.slot, o.shape, o.colour) for o in neg.objects] == [(0, "star", "blue"), (8, "ring", "red")]
+    same_colour = Scene((SceneObject(0, "star", "red", "small"), SceneObject(8, "ring", "red", "large")))
+    neg = hard_negative(same_colour, rng)
+    assert [(o.slot, o.shape) for o in neg.objects] == [(8, "star"), (0, "ring")]
+    one = Scene((SceneObject(4, "star", "red", "small"),))
+    neg = hard_negative(one, rng)
+    assert neg.objects[0].shape != "star" and neg.objects[0].colour == "red" and neg.objects[0].slot == 4
+    # The option adds the negative caption and changes nothing else of an item.
+    plain, extra = ShapesDataset("train", size=4), ShapesDataset("train", size=4, negatives=True)
+    for i in range(4):
+        a, b = plain[i], extra[i]
+        assert a["caption"] == b["caption"] and torch.equal(a["image"], b["image"]) and "negative" not in a
+        assert b["negative"] != b["caption"]
