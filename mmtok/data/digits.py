@@ -113,7 +113,8 @@ class DigitsDataset(Dataset):
             size,
             seed,
         )
-        self.negatives = bool(negatives)
+        # private, as _render: an extra caption, not part of a latent cache's identity (images unchanged)
+        self._negatives = bool(negatives)
 
     def __len__(self) -> int:
         return self.size
@@ -135,7 +136,7 @@ class DigitsDataset(Dataset):
             "label": label,
             "caption": template.format(w=NUMBER_WORDS[label], n=label),
         }
-        if self.negatives:  # the same sentence naming another digit (ShapesDataset's ``negatives``)
+        if self._negatives:  # the same sentence naming another digit (ShapesDataset's ``negatives``)
             other = (label + 1 + int(rng.integers(9))) % 10
             item["negative"] = template.format(w=NUMBER_WORDS[other], n=other)
         return item

@@ -726,7 +726,8 @@ class ShapesDataset(Dataset):
         self.split, self.size, self.resolution, self.seed = split, size, resolution, int(seed)
         self.min_objects, self.max_objects, self.textured = min_objects, max_objects, textured
         self._render = bool(render)  # private: not part of a latent cache's identity
-        self.negatives = bool(negatives)
+        # private, as _render: an extra caption, not part of a latent cache's identity (images unchanged)
+        self._negatives = bool(negatives)
 
     def __len__(self) -> int:
         return self.size
@@ -740,7 +741,7 @@ class ShapesDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         scene, rng = self.scene(index)
-        phrasing = copy.deepcopy(rng) if self.negatives else None  # the negative's caption: same phrasing
+        phrasing = copy.deepcopy(rng) if self._negatives else None  # the negative's caption: same phrasing
         item = {
             **({"image": scene.render(self.resolution)} if self._render else {}),
             **labels_from_scene(scene),
@@ -748,7 +749,7 @@ class ShapesDataset(Dataset):
             "n_objects": len(scene.objects),
             "background": scene.background,
         }
-        if self.negatives:
+        if self._negatives:
             wrong = hard_negative(
                 scene, np.random.default_rng([self.seed, _SPLIT_CODE[self.split], int(index), 1])
             )

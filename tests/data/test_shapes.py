@@ -263,3 +263,14 @@ def test_hard_negatives_swap_colours_then_slots_then_replace_the_shape():
         a, b = plain[i], extra[i]
         assert a["caption"] == b["caption"] and torch.equal(a["image"], b["image"]) and "negative" not in a
         assert b["negative"] != b["caption"]
+
+
+def test_negatives_leave_the_latent_cache_identity_alone():
+    """A cache of encoded images does not depend on an extra caption: turning negatives on must not
+    make every latent cache of the shapes data stale (it did: 40,000 scenes re-encoded)."""
+    from mmtok.data.latents import dataset_identity
+    from mmtok.data.shapes import ShapesDataset
+
+    assert dataset_identity(ShapesDataset("train", size=4)) == dataset_identity(
+        ShapesDataset("train", size=4, negatives=True)
+    )
