@@ -45,7 +45,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .clip.pipeline import ClipPipeline
 from .errors import InputError, MmtokError
+from .generation.pipeline import GenerationPipeline
+from .tokenizers.pipeline import TokenizePipeline
 
 TASKS = ("generate", "tokenize", "clip", "compress", "weaklabel", "ground")
 IMAGE_TASKS = ("tokenize", "clip", "compress")
@@ -340,16 +343,10 @@ class Runners:
 
     def _load(self, task: str, model: str) -> Any:
         if task == "generate":
-            from .generation.pipeline import GenerationPipeline
-
             return GenerationPipeline(model, device=self.device)
         if task == "tokenize":
-            from .tokenizers.pipeline import TokenizePipeline
-
             return TokenizePipeline(model, device=self.device)
         if task == "clip":
-            from .clip.pipeline import ClipPipeline
-
             return ClipPipeline(model, device=self.device)
         if task == "compress":
             try:
@@ -364,8 +361,6 @@ class Runners:
         return getattr(self, f"_{job.task}")(job.args, out)
 
     def _generate(self, a: dict[str, Any], out: Path) -> dict[str, Any]:
-        from .generation.pipeline import GenerationPipeline
-
         pipe = self.pipeline("generate", a["model"])
         result = pipe(
             prompt=a.get("prompt"),
@@ -406,7 +401,7 @@ class Runners:
         return {k: result[k] for k in keys if k in result} | {"top_after": result["top_after"][0]["label"]}
 
     def _weaklabel(self, a: dict[str, Any], out: Path) -> dict[str, Any]:
-        from .grounding.weaklabel import WeakLabelConfig, run_weaklabel
+        from .grounding.weaklabel import WeakLabelConfig, run_weaklabel  # PET/CT stack: loaded on use
 
         options = {
             k: a[k]
@@ -422,7 +417,7 @@ class Runners:
         return {"findings": len(summary["findings"]), "located": located}
 
     def _ground(self, a: dict[str, Any], out: Path) -> dict[str, Any]:
-        from .grounding.pipeline import run_ground
+        from .grounding.pipeline import run_ground  # PET/CT stack (nibabel, pydicom): loaded on use
 
         overlay = out / "overlay.png" if a.get("overlay") else None
         info = run_ground(a["pet"], a["ct"], a["text"], out / "mask.nii.gz", model=a["model"],

@@ -14,7 +14,23 @@ import traceback
 from collections.abc import Callable, Sequence
 
 from . import __version__
+from .batch import add_commands as add_batch_commands
+from .clip.cli import add_commands as add_clip_commands
+from .clip.cli import eval_clip
+from .compression.cli import add_commands as add_compress_commands
+from .compression.cli import eval_compress
+from .data.shapes import vocabulary
 from .errors import MmtokError
+from .eval.generation import evaluate_generation
+from .eval.judge import evaluate_judges
+from .eval.tokenizer import DEFAULT_N, evaluate_tokenizer
+from .generation.pipeline import GenerationPipeline
+from .grounding.cli import add_commands as add_grounding_commands
+from .grounding.cli import eval_grounding, eval_weaklabel
+from .hub import list_models
+from .runtime import pick_device
+from .tokenizers.pipeline import TokenizePipeline
+from .train.trainer import train_from_config
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -31,8 +47,6 @@ EVAL_TARGETS = ("judge", "tokenizer", "generation", "clip", "grounding", "weakla
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from .hub import list_models
-
     models = list_models()
     if args.json:
         _print_json({"models": models})
@@ -49,8 +63,6 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .train.trainer import train_from_config
-
     result = train_from_config(
         args.config,
         overrides=args.overrides,
@@ -65,8 +77,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_tokenize(args: argparse.Namespace) -> int:
-    from .tokenizers.pipeline import TokenizePipeline
-
     pipe = TokenizePipeline(args.model, device=args.device)
     results = pipe.run_files(args.images, out=args.out)
     if args.json:
@@ -83,8 +93,6 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .generation.pipeline import GenerationPipeline
-
     pipe = GenerationPipeline(args.model, device=args.device)
     progress, bars = None, []
     if not args.json:
@@ -116,14 +124,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    try:
+    try:  # apps/ is outside the package (pyproject.toml's import contracts allow only this import)
         from apps.gradio_app import launch
     except ImportError as e:  # an install without the apps package (not an editable checkout)
         raise MmtokError(f"the web UI is not installed with this copy of mmtok: {e}") from e
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"mmtok serve: listening on {args.host}: anyone reaching it can use the UI", file=sys.stderr)
-    from .runtime import pick_device
-
     launch(host=args.host, port=args.port, device=str(pick_device(args.device)))
     return 0
 
@@ -136,8 +142,6 @@ def _one_model(args: argparse.Namespace, example: str) -> str:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     if args.what == "tokenizer":
-        from .eval.tokenizer import DEFAULT_N, evaluate_tokenizer
-
         name = _one_model(args, "kl-f8-64")
         result = {
             name: evaluate_tokenizer(
@@ -150,8 +154,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
             )
         }
     elif args.what == "generation":
-        from .eval.generation import evaluate_generation
-
         name = _one_model(args, "xar-shapes64")
         result = {
             name: evaluate_generation(
@@ -166,24 +168,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
             )  # fmt: skip
         }
     elif args.what == "clip":
-        from .clip.cli import eval_clip
-
         result = eval_clip(args)
     elif args.what == "grounding":
-        from .grounding.cli import eval_grounding
-
         result = eval_grounding(args)
     elif args.what == "weaklabel":
-        from .grounding.cli import eval_weaklabel
-
         result = {"weaklabel": eval_weaklabel(args)}
     elif args.what == "compress":
-        from .compression.cli import eval_compress
-
         result = eval_compress(args)
     elif args.what == "judge":
-        from .eval.judge import evaluate_judges
-
         result = evaluate_judges(
             names=args.model,
             n=args.n or 2000,
@@ -246,8 +238,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     p.set_defaults(handler=cmd_train)
 
-    from .data.shapes import vocabulary
-
     p = sub.add_parser(
         "generate", help="generate images from a prompt or a class (writes PNGs + manifest)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -307,15 +297,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.set_defaults(handler=cmd_eval)
 
-    from .batch import add_commands as add_batch_commands  # batch (JSONL / CSV / folder, by rank)
-    from .clip.cli import add_commands as add_clip_commands  # clip classify / clip search
-    from .compression.cli import add_commands as add_compress_commands  # compress (keep-map)
-    from .grounding.cli import add_commands as add_grounding_commands  # phantom, weaklabel, suv
-
-    add_clip_commands(sub)
-    add_compress_commands(sub)
-    add_grounding_commands(sub)
-    add_batch_commands(sub)
+    add_clip_commands(sub)  # clip classify / clip search
+    add_compress_commands(sub)  # compress (keep-map)
+    add_grounding_commands(sub)  # phantom, weaklabel, suv, ground
+    add_batch_commands(sub)  # batch (JSONL / CSV / folder, by rank)
     return parser
 
 

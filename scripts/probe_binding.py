@@ -143,7 +143,7 @@ def run(kind: str, args, train, tests) -> dict:
         text = model.text
         if kind in ("random", "scratch"):
             enc = text.encoder.layers[0]
-            text = TextEncoder(text.proj.out_features, enc.self_attn.num_heads, text.length,
+            text = TextEncoder(text.tokenizer, text.proj.out_features, enc.self_attn.num_heads,
                                text.embed.embedding_dim, len(text.encoder.layers))  # fmt: skip
         text.float()
         trainable = kind == "scratch"

@@ -24,8 +24,25 @@ from typing import Any
 
 import torch
 
-from ..runtime import autocast, use_bf16
-from .pipeline import DEFAULT_MODEL, DEFAULT_PREDICTOR, METHODS
+from .. import hub
+from ..clip.zeroshot import (
+    COLOURS,
+    OBJECT_TEMPLATES,
+    OBJECTS,
+    SHAPES,
+    _single_object_scenes,
+    _stack,
+    class_embeddings,
+)
+from ..errors import InputError, MmtokError
+from ..runtime import autocast, pick_device, use_bf16
+from .base import TowerRunner, check_keep
+from .baselines import AttentionRank, Pool2x2, RandomDrop
+from .document import density_correlation, make_pages
+from .explain import ExplainCompressor
+from .pipeline import DEFAULT_MODEL, DEFAULT_PREDICTOR, METHODS, CompressPipeline
+from .tcc import TCC
+from .tome import ToMe
 
 KEEPS = (1.0, 0.75, 0.5, 0.25, 0.1)
 # Compressed at the same layer, at the same budgets: TCC / ToMe / random / pool after block 1;
@@ -45,8 +62,6 @@ def _print_json(obj) -> None:
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
-    from .pipeline import CompressPipeline
-
     pipe = CompressPipeline(args.model, predictor=args.predictor, device=args.device)
     out = pipe.run(args.image, method=args.method, keep=args.keep, labels=args.labels, top=args.top,
                    layer=args.layer)  # fmt: skip
@@ -61,8 +76,6 @@ def cmd_compress(args: argparse.Namespace) -> int:
             path.parent.mkdir(parents=True, exist_ok=True)
             overlay.save(path)
         except (OSError, ValueError) as e:
-            from ..errors import InputError
-
             raise InputError(f"{path}: cannot write the overlay ({e})") from e
         out["overlay"] = str(path)
     out["image"] = str(args.image)
@@ -123,11 +136,6 @@ def add_commands(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def eval_compressor(name: str, predictor) -> Any:
-    from .baselines import AttentionRank, Pool2x2, RandomDrop
-    from .explain import ExplainCompressor
-    from .tcc import TCC
-    from .tome import ToMe
-
     table = {
         "tcc": lambda: TCC(1),
         "tcc-sample": lambda: TCC(1, select="sample"),
@@ -144,8 +152,6 @@ def eval_compressor(name: str, predictor) -> Any:
         "pool@0": lambda: Pool2x2(0),
     }
     if name not in table:
-        from ..errors import InputError
-
         raise InputError(f"unknown method {name!r}: use one of {', '.join(table)}")
     return table[name]()
 
@@ -157,8 +163,6 @@ def ideal_speedup(depth: int, layer: int, keep: float) -> float:
 
 @torch.no_grad()
 def _accuracy(runner, model, images, truth, classes, compressor=None, keep=1.0, batch=250) -> dict:
-    from ..clip.zeroshot import COLOURS, SHAPES
-
     preds = []
     for i in range(0, len(images), batch):
         out = runner(images[i : i + batch], compressor, keep)
@@ -215,15 +219,7 @@ def evaluate(
     """Every method x keep: accuracy retained, tower speed, tokens left; documents; targets. One run.
     Speed is measured at every keep at the first of ``resolutions`` and at ``extra_keeps`` at the others
     (larger inputs, interpolated position embeddings: speed only)."""
-    from .. import hub
-    from ..clip import model as _clip  # noqa: F401
-    from ..clip.zeroshot import OBJECT_TEMPLATES, OBJECTS, _single_object_scenes, _stack, class_embeddings
-    from ..errors import MmtokError
-    from ..runtime import pick_device
-    from . import explain as _explain  # noqa: F401
-    from .base import TowerRunner, check_keep
-    from .document import density_correlation, make_pages
-    from .tcc import TCC
+    from ..clip import model as _clip  # noqa: F401  (registers LightCLIP; open_clip: loaded on use)
 
     for k in keeps:
         check_keep(k)
@@ -385,8 +381,6 @@ def flatten(result: dict[str, Any]) -> dict[str, Any]:
 def eval_compress(args: argparse.Namespace) -> dict:
     """``mmtok eval compress``: ``evaluate`` for the parsed ``mmtok eval`` arguments -> {name: metrics}."""
     if args.model and len(args.model) != 1:
-        from ..errors import MmtokError
-
         raise MmtokError("eval compress needs exactly one --model (e.g. --model lightclip-shapes64)")
     name = args.model[0] if args.model else DEFAULT_MODEL
     result = evaluate(

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from .tcc import TCC, encode_multicrop
+
 GLYPHS = string.ascii_letters + string.digits + ".,;:-()"
 PAPER, INK = 245, 20
 
@@ -66,8 +68,6 @@ def density_correlation(runner, pages: list[Page], keep: float = 0.5, tcc=None, 
     """Spearman (scipy) between TCC's per-crop density and the true ink density over all sub-images of
     ``pages``; also the median per-page correlation and the budget share each crop received."""
     from scipy.stats import spearmanr
-
-    from .tcc import TCC, encode_multicrop
 
     tcc = tcc or TCC()
     est, truth, counts, per_page = [], [], [], []

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import hub
 from ..errors import ConfigError, InputError
 from ..hub import MmtokModel, register_model
 from .base import RECYCLE, AttnInfo, Compressed, Compressor, TowerRunner, budget, recycle, select
@@ -145,8 +146,7 @@ class ExplainPredictor(MmtokModel):
 
     def teacher(self, device: torch.device):
         if not self._teacher:
-            from .. import hub
-            from ..clip import model as _clip  # noqa: F401  (registers LightCLIP)
+            from ..clip import model as _clip  # noqa: F401  (registers LightCLIP; open_clip, on use)
 
             clip = hub.load(self.clip_name)
             for p in clip.parameters():

@@ -26,8 +26,17 @@ import torch
 from PIL import Image
 
 from .. import hub
+from ..clip.pipeline import prepare
+from ..clip.zeroshot import OBJECT_TEMPLATES, OBJECTS, class_embeddings
+from ..data import from_uint8
+from ..data.imagefile import read_image
 from ..errors import InputError, MmtokError
+from ..runtime import pick_device
 from .base import Compressor, TowerRunner, check_keep, keep_map_image
+from .baselines import Pool2x2, RandomDrop
+from .explain import ExplainCompressor
+from .tcc import TCC
+from .tome import ToMe
 
 DEFAULT_MODEL = "lightclip-shapes64"
 DEFAULT_PREDICTOR = "explain-shapes64"
@@ -37,11 +46,6 @@ MAX_LABELS = 1000
 
 def build_compressor(method: str, predictor=None, layer: int | None = None) -> Compressor:
     """A compressor by name (``METHODS``); ``layer`` overrides its default compression layer."""
-    from .baselines import Pool2x2, RandomDrop
-    from .explain import ExplainCompressor
-    from .tcc import TCC
-    from .tome import ToMe
-
     if method == "explain":
         if predictor is None:
             raise MmtokError("method explain needs a relevance predictor (e.g. explain-shapes64)")
@@ -56,9 +60,6 @@ def build_compressor(method: str, predictor=None, layer: int | None = None) -> C
 
 def to_image_tensor(image: Any) -> torch.Tensor:
     """Path, PIL image, HxWx3 / HxW uint8 array, or [3, H, W] tensor in [-1, 1] -> [3, H, W] float."""
-    from ..data import from_uint8
-    from ..data.imagefile import read_image
-
     if isinstance(image, (str, os.PathLike)):
         return read_image(image)
     if isinstance(image, Image.Image):
@@ -89,8 +90,7 @@ class CompressPipeline:
     """Zero-shot labels of an image before and after token compression in a CLIP image tower."""
 
     def __init__(self, model: str = DEFAULT_MODEL, predictor: str = DEFAULT_PREDICTOR, device: str = "cpu"):
-        from ..clip import model as _clip  # noqa: F401  (registers LightCLIP)
-        from ..runtime import pick_device
+        from ..clip import model as _clip  # noqa: F401  (registers LightCLIP; open_clip, on use)
 
         self.name, self.predictor_name = str(model), str(predictor)
         self.device = pick_device(device)
@@ -105,8 +105,6 @@ class CompressPipeline:
     @property
     def predictor(self):
         if self._predictor is None:
-            from . import explain  # noqa: F401  (registers ExplainPredictor)
-
             pred = hub.load(self.predictor_name, device=self.device)
             if getattr(pred, "task", None) != "compress":
                 raise MmtokError(f"{self.predictor_name} is not a relevance predictor (ExplainPredictor)")
@@ -122,8 +120,6 @@ class CompressPipeline:
         ensemble over the nine positions (as ``mmtok eval clip``)."""
         if labels is None:
             if self._labels is None:
-                from ..clip.zeroshot import OBJECT_TEMPLATES, OBJECTS, class_embeddings
-
                 emb = class_embeddings(
                     self.model, list(OBJECTS), list(OBJECT_TEMPLATES),
                     lambda t, c: t.format(size=c[0], colour=c[1], shape=c[2]),
@@ -150,8 +146,6 @@ class CompressPipeline:
         layer: int | None = None,
         repeats: int = 5,
     ) -> dict[str, Any]:
-        from ..clip.pipeline import prepare
-
         keep = check_keep(keep)
         if isinstance(top, bool) or not isinstance(top, int) or top < 1:
             raise InputError(f"top must be a positive integer, got {top!r}")

@@ -1,4 +1,5 @@
-"""Reading user image files safely: validated by content, never by name.
+"""Reading user image files safely (validated by content, never by name), writing PNGs, and the
+[-1, 1] float <-> uint8 pixel conversions (``to_uint8``, ``from_uint8``, re-exported by ``mmtok.data``).
 
 Every failure is one ``InputError`` line naming the file: missing, empty, not an image, truncated, or
 absurdly large (decompression bombs are refused before the pixels are decoded).
@@ -18,6 +19,29 @@ from ..errors import InputError
 
 MAX_SIDE = 8192  # refuse larger images before decoding them: a 64 MP image is already 192 MB of RGB
 MAX_FILE_BYTES = 64 * 2**20
+
+
+def to_uint8(image: torch.Tensor) -> np.ndarray:
+    """[-1, 1] float image(s) CHW (or BCHW) -> uint8 HxWx3 (or BxHxWx3) NumPy array."""
+    if image.dim() not in (3, 4) or image.shape[-3] != 3:
+        raise ValueError(
+            f"to_uint8 expects a [3, H, W] or [B, 3, H, W] tensor, got shape {tuple(image.shape)}"
+        )
+    pixels = ((image.detach().float().cpu() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    return pixels.movedim(-3, -1).numpy()
+
+
+def from_uint8(array) -> torch.Tensor:
+    """uint8 HxWx3 / HxW (grey) array or PIL image (or a BxHxWx3 batch) -> float32 [-1, 1] CHW (BCHW)."""
+    array = np.asarray(array)
+    if array.dtype != np.uint8:
+        raise InputError(f"from_uint8 expects uint8 pixels, got {array.dtype}")
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], 3, axis=-1)
+    if array.ndim not in (3, 4) or array.shape[-1] != 3:
+        raise InputError(f"from_uint8 expects an HxWx3 array, got shape {array.shape}")
+    image = torch.from_numpy(np.ascontiguousarray(array)).movedim(-1, -3).float()
+    return (image / 127.5 - 1.0).contiguous()
 
 
 def read_image(path: str | os.PathLike, max_side: int = MAX_SIDE) -> torch.Tensor:
@@ -78,8 +102,6 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 def write_png(image: torch.Tensor, path: str | os.PathLike) -> Path:
     """[-1, 1] float 3 x H x W tensor -> lossless PNG, written atomically (temp file + rename)."""
-    from . import to_uint8
-
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     try:

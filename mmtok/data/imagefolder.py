@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from ..errors import ConfigError
+from .imagefile import read_image
 
 SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -67,8 +68,6 @@ class ImageFolderDataset(Dataset):
         return len(self._files)
 
     def __getitem__(self, index: int) -> dict:
-        from .imagefile import read_image
-
         path, label = self._files[index]
         image = read_image(path)
         h, w = image.shape[-2:]

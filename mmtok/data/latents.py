@@ -47,8 +47,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from .. import hub
 from ..errors import CheckpointError, ConfigError
-from . import build_dataset
+from ..runtime import autocast, pick_device, use_bf16
+from .registry import build_dataset
 
 FORMAT = 1
 META = "meta.json"
@@ -363,8 +365,6 @@ def _select_fields(first: dict, keys) -> dict[str, str]:
 def _encode_into(
     folder: Path, tokenizer, dataset, batch_size, device, keys, num_workers, progress, bf16
 ) -> dict:
-    from ..runtime import autocast
-
     fields = _select_fields(dataset[0], keys)
     if device is None:
         device = next((t.device for t in tokenizer.state_dict().values()), torch.device("cpu"))
@@ -538,9 +538,6 @@ class LatentsDataset(CachedLatentDataset):
         device: str | None = None,
         bf16: bool | None = None,
     ):
-        from .. import hub
-        from ..runtime import pick_device, use_bf16
-
         device = pick_device(device)
         bf16 = use_bf16(device, bf16)
         model = hub.load(tokenizer, device=device)

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from scipy import linalg
 
 
 def _sqrtm(m: np.ndarray) -> np.ndarray:
+    from scipy import linalg  # here, not at the top: the CLI imports the harnesses on every start
+
     # Plain call: scipy >= 1.18 dropped the ``disp`` flag (older ones return just the matrix too).
     out = linalg.sqrtm(m)
     return out[0] if isinstance(out, tuple) else out

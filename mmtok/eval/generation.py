@@ -26,6 +26,12 @@ from typing import Any
 
 import torch
 
+from .. import hub
+from ..data import build_dataset
+from ..generation.pipeline import GenerationPipeline, decode
+from ..runtime import autocast
+from .fid import frechet_distance
+
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     """95% Wilson score interval of a proportion k / n."""
@@ -44,8 +50,6 @@ def _rate(k: int, n: int) -> dict[str, Any]:
 
 def _scenes(split: str, objects: int, n: int, seed: int):
     """The first ``n`` items of ``split`` with exactly ``objects`` objects (deterministic)."""
-    from ..data import build_dataset
-
     ds = build_dataset("shapes", split, resolution=64, min_objects=objects, max_objects=objects, seed=seed)
     return [ds[i] for i in range(min(n, len(ds)))]
 
@@ -63,10 +67,6 @@ def evaluate_generation(
     progress: bool = True,
     write: bool = False,
 ) -> dict[str, Any]:
-    from .. import hub
-    from ..generation.pipeline import GenerationPipeline
-    from .fid import frechet_distance
-
     pipe = GenerationPipeline(name, device=device)
     if pipe.condition == "class":
         metrics = _evaluate_classes(pipe, n, seed, steps, cfg, batch_size, progress)
@@ -85,9 +85,6 @@ def evaluate_generation(
 
 def _generate(pipe, conds: list[Any], seed: int, steps: int, cfg: float, batch_size: int) -> torch.Tensor:
     """One image per condition; batches of equal conditions are not needed: the model takes lists."""
-    from ..generation.pipeline import decode
-    from ..runtime import autocast
-
     model, out = pipe.model, []
     generator = torch.Generator().manual_seed(seed)
     for i in range(0, len(conds), batch_size):
@@ -99,8 +96,6 @@ def _generate(pipe, conds: list[Any], seed: int, steps: int, cfg: float, batch_s
 
 
 def _evaluate_scenes(pipe, n, seed, steps, cfg, batch_size, max_objects, progress, fid) -> dict[str, Any]:
-    from .. import hub
-
     judge = hub.load("judge-shapes64", device=pipe.device)
     metrics: dict[str, Any] = {}
     fake_feats, real_feats = [], []
@@ -172,10 +167,6 @@ def _swap_two(truth: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _evaluate_classes(pipe, n, seed, steps, cfg, batch_size, progress) -> dict[str, Any]:
-    from .. import hub
-    from ..data import build_dataset
-    from .fid import frechet_distance
-
     judge = hub.load("judge-digits64", device=pipe.device)
     classes = pipe.model.num_classes
     conds = [c for c in range(classes) for _ in range(n)]

@@ -18,7 +18,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import hub
+from ..data import build_dataset
+from ..data.mixture import rotate_hue
+from ..errors import InputError, MmtokError
 from ..hub import MmtokModel, register_model
+from ..runtime import pick_device
 
 SLOTS = 9  # 3x3 layout of the shapes test bed
 
@@ -75,8 +80,6 @@ def _augment(images: torch.Tensor, max_shift: float, max_rot: float, max_scale: 
 def _rotate_hue(images: torch.Tensor, prob: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotate the hue of each image with probability ``prob`` by an amount in [-0.5, 0.5) (torch's
     global RNG, as ``_augment``); returns the images and a bool mask of the rotated ones."""
-    from ..data.mixture import rotate_hue
-
     rotated = torch.rand(images.shape[0]) < prob
     amounts = torch.rand(images.shape[0]) - 0.5
     out = images.clone()
@@ -91,8 +94,6 @@ class _Judge(MmtokModel):
 
     def _prepare(self, images: torch.Tensor) -> torch.Tensor:
         if images.ndim != 4 or images.shape[1] != 3:
-            from ..errors import InputError
-
             raise InputError(f"judge expects Bx3xHxW images, got shape {tuple(images.shape)}")
         if images.shape[-2:] != (self.resolution, self.resolution):
             images = F.interpolate(
@@ -322,10 +323,6 @@ def evaluate_judges(
 ) -> dict[str, dict[str, float]]:
     """Held-out accuracy of the shipped judges (``mmtok eval judge``); ``write`` records the figures in
     each judge's ``metrics.json`` and README."""
-    from .. import hub
-    from ..errors import MmtokError
-    from ..runtime import pick_device
-
     device = pick_device(device)
     names = names or [m["name"] for m in hub.list_models() if m["task"] == "judge"]
     if not names:
@@ -333,7 +330,6 @@ def evaluate_judges(
     results: dict[str, dict[str, float]] = {}
     for name in names:
         model = hub.load(name, device=device)
-        from ..data import build_dataset  # after the model: a bad name fails fast, before data work
 
         beds = JUDGE_EVAL.get(name)
         if beds is None:

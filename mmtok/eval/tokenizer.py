@@ -13,6 +13,12 @@ from typing import Any
 
 import torch
 
+from .. import hub
+from ..data import build_dataset
+from ..errors import MmtokError
+from ..runtime import pick_device
+from .fid import frechet_distance
+
 # (dataset, split, extra kwargs): the held-out data every tokenizer is measured on.
 BEDS = (("shapes", "heldout", {}), ("digits", "test", {}), ("photos", "test", {}))
 # Images per test bed: every held-out shapes scene (2000), every test photo (1000) and digit (355).
@@ -31,16 +37,11 @@ def evaluate_tokenizer(
     progress: bool = True,
     write: bool = False,
 ) -> dict[str, Any]:
-    from .. import hub
-    from ..data import build_dataset
-    from ..runtime import pick_device
-    from ..tokenizers.image_kl import reconstruction_metrics
+    from ..tokenizers.image_kl import reconstruction_metrics  # diffusers: loaded on use
 
     device = pick_device(device)
     model = hub.load(name, device=device)
     if not hasattr(model, "encode") or not hasattr(model, "decode"):
-        from ..errors import MmtokError
-
         raise MmtokError(f"{name} is not an image tokenizer: `mmtok models` lists the tokenizers")
     scorer = hub.load(judge, device=device)  # before any work: a missing judge fails fast
     reconstruct = lambda x: model.decode(model.encode(x)).float().clamp(-1, 1)  # noqa: E731
@@ -75,9 +76,7 @@ def judge_reconstructions(
     """The judge on the first ``n`` held-out shapes scenes and on ``reconstruct``'s uint8-rounded
     reconstructions of them: judge-FID of its per-slot features, and objects / scenes / attributes
     right, by object size (the ``shapes_heldout/judge_*`` keys of ``mmtok eval tokenizer``)."""
-    from ..data import build_dataset
-    from ..tokenizers.image_kl import to_pixels
-    from .fid import frechet_distance
+    from ..tokenizers.image_kl import to_pixels  # diffusers: loaded on use
 
     dataset = build_dataset("shapes", "heldout", resolution=64, seed=seed)
     loader = torch.utils.data.DataLoader(

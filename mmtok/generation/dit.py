@@ -24,6 +24,7 @@ from ..hub import MmtokModel, register_model
 from ..nn.flow import SAMPLERS, interpolate, logit_normal_times
 from ..nn.text import TextEncoder
 from ..tokenizers.entities import make_entities
+from ..tokenizers.text import TextTokenizer
 from .common import check_sample_args, validation_loss
 
 
@@ -77,7 +78,8 @@ class DiTBaseline(MmtokModel):
             self.net = DiTTransformer2DModel(**common, num_embeds_ada_norm=num_classes + 1)
         else:
             width = heads * head_dim
-            self.text = TextEncoder(width, heads, text_length, text_dim, text_layers)
+            tokenizer = TextTokenizer.clip(context_length=text_length)
+            self.text = TextEncoder(tokenizer, width, heads, text_dim, text_layers)
             self.net = PixArtTransformer2DModel(
                 **common, cross_attention_dim=width, caption_channels=width, use_additional_conditions=False
             )

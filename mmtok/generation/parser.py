@@ -30,9 +30,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.shapes import COLOURS, SHAPES, SIZES
+from ..data.shapes import (
+    COLOURS,
+    SHAPES,
+    SIZES,
+    caption_background,
+    labels_from_scene,
+    mention_ends,
+    parse_caption,
+    vocabulary,
+)
 from ..hub import MmtokModel, register_model
 from ..nn.text import TextEncoder
+from ..tokenizers.text import TextTokenizer
+from .common import validation_loss
 
 # The shapes test bed's attributes (mmtok.data.shapes): 8 shapes, 8 colours, 2 sizes, 5 backgrounds;
 # class 0 is "empty slot" (slot heads) or "not said" (global heads).
@@ -76,10 +87,10 @@ class PromptParser(MmtokModel):
         self.slots, self.length, self.grammar = slots, length, bool(grammar)
         self.slot_heads = dict(SHAPES_SLOT_HEADS if slot_heads is None else slot_heads)
         self.global_heads = dict(SHAPES_GLOBAL_HEADS if global_heads is None else global_heads)
-        from ..data.shapes import vocabulary
 
         words = vocabulary() if compact_vocab else None
-        self.encoder = TextEncoder(dim, heads, length, embed_dim, layers, words=words)
+        tokenizer = TextTokenizer.clip(context_length=length)
+        self.encoder = TextEncoder(tokenizer, dim, heads, embed_dim, layers, words=words)
         # per token: object noun or not, its slot, and each attribute without the "empty" class
         self.is_object = nn.Linear(dim, 2)
         self.slot = nn.Linear(dim, slots)
@@ -152,8 +163,6 @@ class PromptParser(MmtokModel):
     def targets(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Per-slot targets (the scene's labels; class 0 = empty) and the background only where the
         caption names it (else 0): what the generator's layout is in training."""
-        from ..data.shapes import caption_background
-
         device = self.is_object.weight.device
         out = {k: torch.as_tensor(batch[k], device=device).long() for k in self.slot_heads}
         if "background" in self.global_heads:
@@ -164,8 +173,6 @@ class PromptParser(MmtokModel):
     def token_targets(self, captions: list[str], width: int) -> dict[str, torch.Tensor]:
         """Per token (B x width, -100 = not scored): ``object`` 1 at the last token of each newly
         mentioned object's noun, else 0; its ``slot`` and attributes (class - 1) there only."""
-        from ..data.shapes import mention_ends, parse_caption
-
         keys = ["object", "slot", *self.slot_heads]
         out = {k: torch.full((len(captions), width), -100, dtype=torch.long) for k in keys}
         tok = self.encoder.tokenizer
@@ -207,15 +214,11 @@ class PromptParser(MmtokModel):
     def evaluate(
         self, dataset, device: str | torch.device = "cpu", batch_size: int = 256
     ) -> dict[str, float]:
-        from .common import validation_loss
-
         return validation_loss(self, dataset, device, batch_size)
 
 
 def _grammar_layout(prompt: str, slot_heads: dict, global_heads: dict) -> dict[str, torch.Tensor] | None:
     """One-hot layout of a prompt the caption grammar parses; None when it does not."""
-    from ..data.shapes import caption_background, labels_from_scene, parse_caption
-
     scene = parse_caption(prompt)
     if scene is None or not scene.objects:
         return None

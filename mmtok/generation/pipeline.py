@@ -22,6 +22,9 @@ from typing import Any
 
 import torch
 
+from .. import hub
+from ..data.imagefile import write_png
+from ..data.shapes import vocabulary_note
 from ..errors import InputError
 from ..runtime import autocast, pick_device, use_bf16
 
@@ -60,8 +63,6 @@ class GenerationPipeline:
     """
 
     def __init__(self, model: str | os.PathLike, device: str | None = "cpu", bf16: bool | None = None):
-        from .. import hub
-
         self.device = pick_device(device)
         self.name = str(model)
         self.model = hub.load(model, device=self.device)
@@ -169,15 +170,12 @@ class GenerationPipeline:
         any other word (\"photo\", \"pentagon\") is ignored by it: the images still come, with this note."""
         if prompt is None or self.condition != "text":
             return None
-        from ..data.shapes import vocabulary_note
 
         return vocabulary_note(prompt)
 
     @staticmethod
     def save(result: GenerationResult, out: str | os.PathLike) -> dict[str, Any]:
         """Write ``image_000.png`` ... (lossless) and ``manifest.json`` into ``out``; return the manifest."""
-        from ..data.imagefile import write_png
-
         out = Path(out)
         try:
             out.mkdir(parents=True, exist_ok=True)

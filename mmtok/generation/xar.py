@@ -41,7 +41,9 @@ from ..nn.attention import CrossAttention, KVCache, SelfAttention
 from ..nn.flow import SAMPLERS, interpolate, logit_normal_times
 from ..nn.text import TextEncoder
 from ..tokenizers.entities import make_entities
+from ..tokenizers.text import TextTokenizer
 from .common import check_sample_args, validation_loss
+from .parser import PromptParser
 
 CFG_SCHEDULES = ("linear", "constant")
 
@@ -94,15 +96,14 @@ class Conditioned:
         elif self.text_encoder == "slots":
             self._init_layout(dim, text_length, parser or {})
         else:
-            self.text = TextEncoder(dim, heads, text_length, text_dim, text_layers)
+            tokenizer = TextTokenizer.clip(context_length=text_length)
+            self.text = TextEncoder(tokenizer, dim, heads, text_dim, text_layers)
 
     def _init_layout(self, dim: int, text_length: int, parser: dict) -> None:
         """The layout prompt encoder: a frozen ``PromptParser`` (trained on its own, loaded through
         ``model.init_parts``) whose per-slot probabilities are embedded additively -- shape, colour
         and size each through its own table, plus the slot's own embedding -- so a held-out
         combination (a red star) is the sum of parts the generator has seen."""
-        from .parser import PromptParser
-
         self.text = PromptParser(**{"length": text_length, **parser})
         self.text.requires_grad_(False)
         self.slot_embed = nn.ModuleDict(

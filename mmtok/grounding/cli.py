@@ -8,6 +8,9 @@ code and raises ``MmtokError`` on bad input (the main CLI prints it as one line 
 ``eval_grounding(args)`` returns ``{model name: metrics}`` for ``mmtok eval grounding`` (it reads
 ``args.model`` (a list or None: the three shipped grounding models), ``args.n``, ``args.seed``,
 ``args.json`` and, if present, ``args.device``/``args.overlap``/``args.shape``).
+
+This module is imported on every ``mmtok`` start, so the PET/CT modules (nibabel, pydicom, SciPy; MONAI
+for the nets) are imported inside the handlers that use them.
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ import argparse
 import json
 import sys
 
+from .. import hub
 from ..errors import InputError
+from ..runtime import pick_device
 
 
 def _print_json(obj) -> None:
@@ -98,7 +103,6 @@ def cmd_suv(args: argparse.Namespace) -> int:
 
 
 def cmd_ground(args: argparse.Namespace) -> int:
-    from ..runtime import pick_device
     from .pipeline import run_ground
 
     device = str(pick_device(args.device))
@@ -204,7 +208,6 @@ GROUNDING_MODELS = ("contextual3d-phantom", "dynunet3d-phantom", "contextual25d-
 
 def eval_grounding(args: argparse.Namespace) -> dict:
     """Metrics of ``mmtok eval grounding`` per model: ``{name: metrics}`` (``--n`` cases, default 100)."""
-    from ..runtime import pick_device
     from .grounding_eval import evaluate_grounding
 
     n = args.n if getattr(args, "n", None) is not None else 100
@@ -223,8 +226,6 @@ def eval_grounding(args: argparse.Namespace) -> dict:
         for name in names
     }  # fmt: skip
     if getattr(args, "write", False):  # the figures into each model's card, with the command
-        from .. import hub
-
         for name, metrics in results.items():
             flat = {k: v for k, v in metrics.items() if type(v) in (int, float)}
             bands = metrics.get("f1_suv_match_by_band", {})

@@ -32,6 +32,11 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import InputError
+from .grounding_eval import evaluate_model_on_cases
+from .model import normalise, with_coordinates
+from .phantom import make_case
+from .reports import parse_report
+from .weaklabel import weak_label
 
 SPLIT_SEEDS = {"train": 0, "val": 1000}  # phantom seeds; `mmtok eval grounding` uses 10000 + --seed
 
@@ -47,11 +52,6 @@ def _case_files(root: Path, i: int) -> tuple[Path, Path]:
 
 def build_case(seed: int, index: int, shape, spacing: float) -> tuple[dict[str, np.ndarray], dict]:
     """Arrays (image fp16 [2, ...], weak label map, truth SEG) and meta (queries) of one phantom."""
-    from .model import normalise
-    from .phantom import make_case
-    from .reports import parse_report
-    from .weaklabel import weak_label
-
     case = make_case(seed, index, shape=shape, spacing=(spacing,) * 3)
     results = weak_label(parse_report(case.report), case.pet_image())
     weak = np.zeros(case.seg.shape, np.uint8)
@@ -175,8 +175,6 @@ class GroundingPhantomDataset(Dataset):
         labels = arrays["weak" if self.labels == "weak" else "seg"]
         image = torch.from_numpy(arrays["image"].astype(np.float32))
         if self.coordinates:
-            from .model import with_coordinates
-
             image = with_coordinates(image)
         rng = np.random.default_rng([self.seed, index, 17])
         if self.mode == "volume":
@@ -230,9 +228,12 @@ class GroundingPhantomDataset(Dataset):
 
     def eval_cases(self, n: int | None = None):
         """Fresh phantom ``Case`` objects of this split (for ``model.evaluate`` during training)."""
-        from .phantom import make_case
-
         return [
             make_case(self.seed, i, shape=self.shape, spacing=(self.spacing,) * 3, n_lesions=(2, 4))
             for i in range(n if n is not None else self.n_cases)
         ]
+
+    def score(self, model, device="cpu") -> dict:
+        """``model`` scored on :meth:`eval_cases` (``grounding_eval.evaluate_model_on_cases``, one query
+        per located lesion): what ``model.evaluate(dataset)`` returns during training."""
+        return evaluate_model_on_cases(model, self.eval_cases(), device=device)

@@ -9,6 +9,9 @@ alone, so segmenting another lesion of the case is a false positive plus a false
 Reported: SUV-match F1 (headline), overlap F1, Dice > 0.5 F1, mean Dice, FP/FN volume (pooled over
 queries), SUV-match F1 per lesion diameter and SUV band, how often the mask landed on another lesion
 ("wrong lesion"), and seconds per case.
+
+The harness imports the model module, never the other way: during training ``ContextualNet3D.evaluate``
+asks its dataset to score it (``GroundingPhantomDataset.score``, which calls ``evaluate_model_on_cases``).
 """
 
 from __future__ import annotations
@@ -19,7 +22,10 @@ import time
 
 import numpy as np
 
+from ..hub import load
 from .metrics import Counts, dice, evaluate_case, pool
+from .model import normalise, postprocess
+from .phantom import make_case
 
 HELDOUT_SEED_OFFSET = 10_000
 SIZE_BANDS = (("<15mm", 0, 15), ("15-25mm", 15, 25.0001), (">25mm", 25.0001, 1e9))
@@ -30,8 +36,6 @@ TARGETS = {"f1_suv_match": 0.85}
 def evaluate_model_on_cases(
     model, cases, device="cpu", overlap: float = 0.5, threshold: float = 0.5, progress: bool = False
 ) -> dict:
-    from .model import normalise, postprocess
-
     model = model.to(device).eval()
     per_query, dices = [], []
     bands = {f"size {b[0]}": Counts() for b in SIZE_BANDS} | {f"suv {b[0]}": Counts() for b in SUV_BANDS}
@@ -90,10 +94,6 @@ def evaluate_grounding(
     progress: bool = False,
 ) -> dict:
     """Load ``model_name`` and score it on ``n`` fresh phantoms (seed ``10000 + seed``, 2-4 lesions)."""
-    from ..hub import load
-    from . import model as _registers_classes  # noqa: F401  (until hub lists this module)
-    from .phantom import make_case
-
     model = load(model_name, device=device)
     spacing = getattr(model, "spacing_mm", 4.0)
     cases = (

@@ -300,12 +300,12 @@ class ContextualNet3D(MmtokModel):
         return loss, {"dice": float(dice)}
 
     def evaluate(self, dataset, device="cpu") -> dict[str, float]:
-        """Grounding metrics on the dataset's phantom cases (one query per labelled lesion)."""
-        from .grounding_eval import evaluate_model_on_cases
-
+        """Grounding metrics on the dataset's phantom cases (one query per labelled lesion), scored by
+        the dataset (``GroundingPhantomDataset.score``: the harness of ``grounding_eval``, which imports
+        this module, so this one does not import it)."""
         was = self.training
         self.eval()
-        out = evaluate_model_on_cases(self, dataset.eval_cases(), device=device)
+        out = dataset.score(self, device=device)
         self.train(was)
         return {k: v for k, v in out.items() if isinstance(v, int | float)}
 

@@ -27,6 +27,7 @@ from scipy import ndimage
 
 from ..errors import InputError
 from .io import index_to_report_slice, save_volume
+from .reports import compose_report
 
 # (name, centre (u, v, w), semi-axes (u, v, w), HU, SUV range). Later entries overwrite earlier ones.
 ORGANS = (
@@ -341,8 +342,6 @@ def make_case(
         les.suvmax = float(suv.ravel()[best])
         les.slice = index_to_report_slice(les.peak[2], shape[2], head_increasing=True)
         les.stated_suvmax, les.stated_side = round(les.suvmax, 1), les.site.side
-
-    from .reports import compose_report  # reports.py owns the phrasing grammar
 
     report = compose_report(lesions, levels, rng, n_slices=shape[2], errors=report_errors)
     affine = phantom_affine(shape, spacing)

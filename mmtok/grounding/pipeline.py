@@ -25,7 +25,10 @@ from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
 from scipy import ndimage
 
 from ..errors import InputError
+from ..hub import load
 from .io import CT_FILL_HU, load_ct, load_pet, resample_to_pet, same_grid, save_mask, voxel_volume_ml
+from .phantom import SITES
+from .reports import find_organ, strip_numbers
 
 DEFAULT_MODEL = "contextual3d-phantom"
 # Below this peak probability a mask is reported as no match: the mask threshold is 0.5, and a peak
@@ -45,8 +48,7 @@ class GroundResult:
 
 @functools.lru_cache(maxsize=4)
 def _model(name: str, device: str):
-    from ..hub import load
-    from . import model as _registers_classes  # noqa: F401  (the grounding classes register on import)
+    from . import model as _registers_classes  # noqa: F401  (registers the grounding nets; MONAI, on use)
 
     net = load(name, device=device)
     if getattr(net, "task", None) != "grounding":
@@ -151,7 +153,6 @@ def ground(
     mask = nib.orientations.apply_orientation(mask_m, back).astype(bool)
     prob = nib.orientations.apply_orientation(prob, back).astype(np.float32)
     suv = np.asarray(pet_img.dataobj, np.float32)
-    from .reports import find_organ, strip_numbers
 
     place, places = find_organ(text), known_places(net)
     info = {
@@ -189,8 +190,6 @@ def sentence_place(
 ) -> tuple[str | None, list[str]]:
     """(the place ``text`` names, the places ``model`` knows), without running the model: a sentence
     naming none of them can be answered at once."""
-    from .reports import find_organ
-
     return find_organ(text or ""), sorted(known_places(_model(str(model), str(device))))
 
 
@@ -200,7 +199,6 @@ def known_places(net) -> set[str]:
     places = getattr(net, "places", None)
     if places:
         return set(places)
-    from .phantom import SITES
 
     return {s.organ for s in SITES}
 

@@ -1,9 +1,10 @@
 """A small trainable text encoder over mmtok's shared CLIP BPE tokenizer (for the generators).
 
-Prompts -> token ids (``TextTokenizer.clip``) -> a narrow embedding (the vocabulary has 49k entries,
-so the table is kept small and projected up) + learned positions -> a pre-norm transformer encoder
-with a key-padding mask -> per-token features and their masked mean. Generators cross-attend to the
-tokens (binding words to places) and add the pooled vector to their adaLN condition.
+Prompts -> token ids (the tokenizer the caller passes: ``TextTokenizer.clip(context_length=L)``) -> a
+narrow embedding (the vocabulary has 49k entries, so the table is kept small and projected up) + learned
+positions -> a pre-norm transformer encoder with a key-padding mask -> per-token features and their
+masked mean. Generators cross-attend to the tokens (binding words to places) and add the pooled vector
+to their adaLN condition.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from ..errors import InputError
 
 class TextEncoder(nn.Module):
     """Args:
+    tokenizer: a ``mmtok.tokenizers.text.TextTokenizer`` (padding to its ``context_length``, the most
+        tokens read); passed in, so that nn/ (a bottom layer) does not import the tokenizers.
     dim, heads, layers: the transformer.
-    length: CLIP context length.
     embed_dim: width of the token embedding table.
     words: if given, only the BPE tokens of these words (plus the start/end tokens and punctuation)
         get a row of the embedding table and every other token shares one "unknown" row: a model
@@ -26,14 +28,12 @@ class TextEncoder(nn.Module):
     """
 
     def __init__(
-        self, dim: int, heads: int, length: int = 48, embed_dim: int = 64, layers: int = 2,
+        self, tokenizer, dim: int, heads: int, embed_dim: int = 64, layers: int = 2,
         words: tuple[str, ...] | None = None,
     ):  # fmt: skip
         super().__init__()
-        from ..tokenizers.text import TextTokenizer
-
-        self.length = length
-        self.tokenizer = TextTokenizer.clip(context_length=length)
+        self.tokenizer = tokenizer
+        self.length = length = tokenizer.context_length
         rows = self.tokenizer.vocab_size
         if words is not None:
             marks = (".", ",", ":", "!", "?", ";")

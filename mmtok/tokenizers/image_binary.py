@@ -29,7 +29,7 @@ import torch
 from diffusers.models.autoencoders.vae import Decoder, Encoder
 
 from ..errors import InputError
-from ..hub import MmtokModel, register_model
+from ..hub import MmtokModel, load, register_model
 from .image_kl import check_images, reconstruction_metrics
 
 MAX_BITS = 62  # codes are int64
@@ -564,8 +564,6 @@ class BinaryTokenizer(MmtokModel):
     def _perceptual_net(self, name: str, device: torch.device) -> torch.nn.Module:
         """The frozen perceptual network ``name``, loaded once (eval mode, no gradients) on ``device``."""
         if name not in self._percept:
-            from ..hub import load
-
             net = load(name, device="cpu").eval().requires_grad_(False)
             if not hasattr(net, "feature_maps"):
                 raise InputError(f"perceptual network {name!r} has no feature_maps()")

@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from .. import hub
+from ..data.imagefile import read_image, write_png
 from ..errors import InputError
 from ..runtime import autocast, pick_device, use_bf16
 
@@ -60,8 +62,6 @@ class TokenizePipeline:
     """
 
     def __init__(self, model: str | torch.nn.Module, device: str | None = "cpu", bf16: bool | None = False):
-        from .. import hub
-
         self.device = pick_device(device)
         self.name = model if isinstance(model, str) else type(model).__name__
         self.model = (hub.load(model) if isinstance(model, str) else model).to(self.device).eval()
@@ -73,7 +73,7 @@ class TokenizePipeline:
 
     @torch.no_grad()
     def reconstruct(self, image: torch.Tensor) -> Reconstruction:
-        from .image_kl import psnr, ssim, to_pixels
+        from .image_kl import psnr, ssim, to_pixels  # the model module (diffusers): loaded on use
 
         image = crop_to_multiple(image, self.factor)
         x = image[None].to(self.device)
@@ -92,8 +92,6 @@ class TokenizePipeline:
     def run_files(self, paths: list[str | os.PathLike], out: str | os.PathLike | None = None) -> list[dict]:
         """Read every file first (a bad one fails before any work), then reconstruct each and write
         ``<stem>.recon.png`` (and ``<stem>.codes.png`` for a binary tokenizer) into ``out``."""
-        from ..data.imagefile import read_image, write_png
-
         if not paths:
             raise InputError("no image files given")
         images = [read_image(p) for p in paths]

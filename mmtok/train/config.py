@@ -20,7 +20,9 @@ from typing import Any
 
 import yaml
 
+from ..data import DATASETS
 from ..errors import ConfigError
+from ..hub import registered_classes
 
 MIXED_PRECISION = ("bf16", "no")
 SCHEDULES = ("cosine", "linear", "constant", "wsd")
@@ -392,9 +394,6 @@ def with_max_steps(cfg: Config, max_steps: int | None) -> Config:
 
 def _check_names(cfg: Config) -> None:
     """The model class and dataset names must exist: fail before building anything."""
-    from ..data import DATASETS
-    from ..hub import registered_classes
-
     classes = registered_classes()
     cls = classes.get(cfg.model.cls)
     if cls is None:

@@ -40,7 +40,8 @@ import torch
 import yaml
 from torch import nn
 
-from .. import hub
+from .. import __version__, hub
+from ..data import build_dataset
 from ..errors import CheckpointError, ConfigError, MmtokError
 from ..runtime import bf16_is_fast, pick_device, seed_everything
 from .checkpoint import (
@@ -620,8 +621,6 @@ def _load_part(model: nn.Module, prefix: str, path: Any) -> None:
 
 
 def _build_data(sub, section: str):
-    from ..data import build_dataset
-
     try:
         dataset = build_dataset(sub.name, split=sub.split, **sub.kwargs)
     except ConfigError as e:  # the registry's message, located in the config
@@ -677,8 +676,6 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def _version() -> str:
-    from .. import __version__
-
     return __version__
 
 
