@@ -113,6 +113,8 @@ def test_grounding_says_no_match_and_shows_confidence(page, shots):
     findings = parse_report(page.locator("#pet-report textarea").input_value())
     page.locator("#ground-text textarea").fill(max(findings, key=lambda f: f.suvmax or 0).sentence)
     page.locator("#ground-run").click()
+    # A ~30 s pass shows a progress bar with words, not a bare counter.
+    expect(page.get_by_text(re.compile("segmenting: a sliding window")).first).to_be_visible(timeout=60_000)
     expect(page.locator("#ground-info")).to_contain_text(
         re.compile(
             r"(Match|Probably another lesion) \(confidence 0\.\d\d|No lesion matches this sentence: its"
