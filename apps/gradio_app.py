@@ -593,7 +593,7 @@ def _against_the_sentence(state, sentence: str, mask: np.ndarray, peak_suv: floa
 
 
 def _grounding_f1(model: str) -> float | None:
-    return next((m["metrics"].get("f1_suv_match") for m in mmtok.list_models() if m["name"] == model), None)
+    return _metrics(model).get("f1_suv_match")
 
 
 def ground_sentence(started, state, sentence, model, number, progress=gr.Progress(track_tqdm=True)):

@@ -128,10 +128,10 @@ class ClipPipeline:
     @torch.no_grad()
     def embed_files(self, paths: list[Path], batch_size: int = 64) -> torch.Tensor:
         """Normalised embeddings [N, E] of image files; a bad file raises ``InputError`` naming it."""
-        out = []
-        for i in range(0, len(paths), batch_size):
-            images = torch.stack([prepare(read_image(p), self.size) for p in paths[i : i + batch_size]])
-            out.append(self.model.encode_image(images.to(self.device))["embeds"].float().cpu())
+        out = [
+            self.embed_images([read_image(p) for p in paths[i : i + batch_size]], batch_size)
+            for i in range(0, len(paths), batch_size)
+        ]
         return torch.cat(out) if out else torch.zeros(0, self.model.clip.text.output_dim)
 
     @torch.no_grad()
